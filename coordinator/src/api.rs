@@ -1,0 +1,137 @@
+//! HTTP layer of the coordinator: the public API and the counters' internal calls. Handlers parse,
+//! call the transaction manager, registry or syncer, and map errors; no protocol logic lives here.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use storage::proto::{
+    paths, ClusterView, CountBody, Outcome, OutcomeQuery, RegisterRequest, StatusBody,
+};
+use storage::CounterState;
+
+use crate::client::CounterClient;
+use crate::error::ApiError;
+use crate::items::{self, Limits};
+use crate::registry::Registry;
+use crate::sync::Syncer;
+use crate::txn::TxnManager;
+
+#[derive(Clone)]
+pub struct App {
+    pub txn: Arc<TxnManager>,
+    pub registry: Arc<Registry>,
+    pub client: CounterClient,
+    pub syncer: Syncer,
+    pub limits: Limits,
+}
+
+pub fn router(app: App, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/items", post(post_items))
+        .route("/items/{tenant}/count", get(get_count))
+        .route(paths::HEALTH, get(health))
+        .route(paths::REGISTER, post(register))
+        .route(paths::OUTCOME, post(outcome))
+        .route(paths::CLUSTER, get(cluster))
+        .fallback(|| async {
+            ApiError::NotFound(
+                "no such endpoint; try POST /items or GET /items/{tenant}/count".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(app)
+}
+
+async fn post_items(
+    State(app): State<App>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusBody>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("body is larger than the limit: {e}"))
+        } else {
+            ApiError::BadRequest(format!("cannot read body: {e}"))
+        }
+    })?;
+    let items = items::parse(&body, app.limits)?;
+    if !items.is_empty() {
+        app.txn.submit(items).await?;
+    }
+    Ok(Json(StatusBody::success()))
+}
+
+/// Served by one in-sync counter, another on failure. An answer from a counter that has not applied
+/// every acknowledged commit is refused, so a read never misses an acknowledged write.
+async fn get_count(
+    State(app): State<App>,
+    tenant: Result<Path<String>, PathRejection>,
+) -> Result<Json<CountBody>, ApiError> {
+    let Path(tenant) =
+        tenant.map_err(|e| ApiError::BadRequest(format!("bad tenant in path: {e}")))?;
+    if tenant.len() > app.limits.max_tenant_bytes {
+        return Err(ApiError::BadRequest(format!(
+            "tenant is {} bytes long, at most {} allowed",
+            tenant.len(),
+            app.limits.max_tenant_bytes
+        )));
+    }
+    let required = app.txn.acked_seq();
+    for target in app.registry.readers() {
+        let why = match app.client.count(&target.url, &tenant).await {
+            Ok(answer) if answer.last_applied >= required => {
+                return Ok(Json(CountBody {
+                    count: answer.count,
+                }))
+            }
+            Ok(answer) => format!(
+                "stale read: applied {}, {} acknowledged",
+                answer.last_applied, required
+            ),
+            Err(e) => format!("read failed: {e}"),
+        };
+        if app.registry.mark_lagging(&target.id, &why)? {
+            let store = app.txn.store().clone();
+            tokio::spawn(async move { store.durable().await });
+        }
+    }
+    Err(ApiError::Unavailable("no in-sync counter answered".into()))
+}
+
+async fn health() -> Json<StatusBody> {
+    Json(StatusBody::success())
+}
+
+async fn register(
+    State(app): State<App>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Json<StatusBody>, ApiError> {
+    app.registry.register(&req.node_id, &req.url)?;
+    if app.registry.state(&req.node_id) == Some(CounterState::InSync)
+        && req.last_applied < app.txn.acked_seq()
+    {
+        app.registry
+            .mark_lagging(&req.node_id, "registered behind the acknowledged commits")?;
+    }
+    app.txn.store().durable().await?;
+    if app.registry.state(&req.node_id) == Some(CounterState::Lagging) {
+        app.syncer.spawn(req.node_id);
+    }
+    Ok(Json(StatusBody::success()))
+}
+
+async fn outcome(
+    State(app): State<App>,
+    Json(req): Json<OutcomeQuery>,
+) -> Result<Json<Outcome>, ApiError> {
+    Ok(Json(app.txn.outcome(req.txid)?))
+}
+
+async fn cluster(State(app): State<App>) -> Result<Json<ClusterView>, ApiError> {
+    Ok(Json(app.registry.view(app.txn.store().committed_seq()?)))
+}

@@ -1,0 +1,60 @@
+//! Coordinator configuration: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Address of the public API (and of the counters' internal calls).
+    #[arg(long, env = "COORDINATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Data directory (a sled database: registration table, decisions).
+    #[arg(long, env = "COORDINATOR_DATA_DIR", default_value = "data/coordinator")]
+    pub data_dir: PathBuf,
+
+    /// Time between two health checks of a counter.
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// Failed health checks in a row after which a counter is removed from the registration table.
+    #[arg(long, env = "HEALTH_ATTEMPTS", default_value_t = 3)]
+    pub health_attempts: u32,
+
+    /// Timeout of each PREPARE, COMMIT and ROLLBACK call; a counter that misses it leaves the write set.
+    #[arg(long, env = "CALL_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+
+    /// Timeout of each read, health and sync call.
+    #[arg(long, env = "READ_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
+
+    /// Writes fail with 503 when fewer in-sync counters than this can take them.
+    #[arg(long, env = "MIN_REPLICAS", default_value_t = 1)]
+    pub min_replicas: usize,
+
+    /// Largest accepted POST /items body.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Longest accepted item id, in bytes.
+    #[arg(long, env = "MAX_ID_BYTES", default_value_t = 256)]
+    pub max_id_bytes: usize,
+
+    /// Longest accepted tenant, in bytes.
+    #[arg(long, env = "MAX_TENANT_BYTES", default_value_t = 256)]
+    pub max_tenant_bytes: usize,
+
+    /// Concurrent POSTs are merged into one 2PC round up to about this many items.
+    #[arg(long, env = "MAX_ROUND_ITEMS", default_value_t = 10_000)]
+    pub max_round_items: usize,
+
+    /// Items per page when a counter catches up.
+    #[arg(long, env = "SYNC_PAGE_ITEMS", default_value_t = 5_000)]
+    pub sync_page_items: usize,
+
+    /// Write the bound address here once recovered and listening (for scripts and tests using port 0).
+    #[arg(long, env = "COORDINATOR_ADDR_FILE")]
+    pub addr_file: Option<PathBuf>,
+}

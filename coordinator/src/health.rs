@@ -1,0 +1,58 @@
+//! Health checks: every `interval`, each registered counter is asked for its status. A counter that
+//! fails leaves the write and read sets at once; after `attempts` failures in a row it is removed from
+//! the registration table (it comes back by registering again). A lagging counter that answers is
+//! caught up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use storage::CounterState;
+
+use crate::client::CounterClient;
+use crate::registry::Registry;
+use crate::sync::Syncer;
+
+pub async fn run(
+    registry: Arc<Registry>,
+    client: CounterClient,
+    syncer: Syncer,
+    interval: Duration,
+    attempts: u32,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let checks = registry.all().into_iter().map(|target| {
+            let (registry, client, syncer) = (registry.clone(), client.clone(), syncer.clone());
+            async move {
+                match client.health(&target.url).await {
+                    Ok(status) if status.node_id == target.id => {
+                        registry.check_passed(&target.id);
+                        if registry.state(&target.id) == Some(CounterState::Lagging) {
+                            syncer.spawn(target.id.clone());
+                        }
+                    }
+                    outcome => {
+                        let why = match outcome {
+                            Ok(status) => format!("another node ({}) answers at its address", status.node_id),
+                            Err(e) => e.to_string(),
+                        };
+                        let failed = registry.check_failed(&target.id);
+                        tracing::warn!(node = %target.id, failed, error = %why, "health check failed");
+                        let result = if failed >= attempts {
+                            registry.remove(&target.id)
+                        } else {
+                            registry.mark_lagging(&target.id, "health check failed").map(|_| ())
+                        };
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "cannot update the registration table");
+                        }
+                    }
+                }
+            }
+        });
+        join_all(checks).await;
+    }
+}

@@ -1,0 +1,237 @@
+//! The registration table: which counters exist, where they are, and whether they are in sync.
+//!
+//! The table lives in memory for speed and in the [`CoordinatorStore`] for restarts. Every change is
+//! written to the store; callers that must not answer a client before the change is durable await
+//! [`CoordinatorStore::durable`] (a counter taken out of the write set must not come back as in sync
+//! after a coordinator crash).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use storage::proto::{ClusterView, CounterView};
+use storage::{CoordinatorStore, CounterRecord, CounterState, NodeId, Seq};
+
+#[derive(Debug, Clone)]
+struct Member {
+    record: CounterRecord,
+    failed_checks: u32,
+    syncing: bool,
+    synced_entries: u64,
+    synced_snapshot_items: u64,
+}
+
+pub struct Registry {
+    store: CoordinatorStore,
+    members: Mutex<BTreeMap<NodeId, Member>>,
+    next_reader: AtomicUsize,
+}
+
+/// A counter as the rest of the coordinator needs it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: NodeId,
+    pub url: String,
+}
+
+impl Registry {
+    pub fn load(store: CoordinatorStore) -> storage::Result<Self> {
+        let members = store
+            .counters()?
+            .into_iter()
+            .map(|(id, record)| {
+                (
+                    id,
+                    Member {
+                        record,
+                        failed_checks: 0,
+                        syncing: false,
+                        synced_entries: 0,
+                        synced_snapshot_items: 0,
+                    },
+                )
+            })
+            .collect();
+        Ok(Registry {
+            store,
+            members: Mutex::new(members),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Member>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The write set: every in-sync counter.
+    pub fn in_sync(&self) -> Vec<Target> {
+        self.lock()
+            .iter()
+            .filter(|(_, m)| m.record.state == CounterState::InSync)
+            .map(|(id, m)| Target {
+                id: id.clone(),
+                url: m.record.url.clone(),
+            })
+            .collect()
+    }
+
+    /// The read set, rotated so reads spread over the in-sync counters.
+    pub fn readers(&self) -> Vec<Target> {
+        let mut set = self.in_sync();
+        if !set.is_empty() {
+            let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % set.len();
+            set.rotate_left(n);
+        }
+        set
+    }
+
+    pub fn all(&self) -> Vec<Target> {
+        self.lock()
+            .iter()
+            .map(|(id, m)| Target {
+                id: id.clone(),
+                url: m.record.url.clone(),
+            })
+            .collect()
+    }
+
+    pub fn url(&self, id: &str) -> Option<String> {
+        self.lock().get(id).map(|m| m.record.url.clone())
+    }
+
+    pub fn state(&self, id: &str) -> Option<CounterState> {
+        self.lock().get(id).map(|m| m.record.state)
+    }
+
+    /// Takes a counter out of the write and read sets. Returns whether it was in sync. Not durable until
+    /// the caller awaits the store's flush.
+    pub fn mark_lagging(&self, id: &str, why: &str) -> storage::Result<bool> {
+        let mut members = self.lock();
+        let Some(m) = members.get_mut(id) else {
+            return Ok(false);
+        };
+        if m.record.state != CounterState::InSync {
+            return Ok(false);
+        }
+        m.record.state = CounterState::Lagging;
+        self.store.put_counter(id, &m.record)?;
+        tracing::warn!(node = id, reason = why, "counter marked lagging");
+        Ok(true)
+    }
+
+    /// Puts a counter that holds every committed transaction back in the write and read sets. The
+    /// caller holds the round lock, so no round can commit between its check and this.
+    pub fn promote(&self, id: &str) -> storage::Result<()> {
+        let mut members = self.lock();
+        if let Some(m) = members.get_mut(id) {
+            if m.record.state != CounterState::InSync {
+                m.record.state = CounterState::InSync;
+                self.store.put_counter(id, &m.record)?;
+                tracing::info!(node = id, "counter in sync");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a registration. A new counter starts lagging; a known one keeps its state but may have
+    /// moved to a new URL (a restarted container gets a new address).
+    pub fn register(&self, id: &str, url: &str) -> storage::Result<bool> {
+        let mut members = self.lock();
+        let known = members.contains_key(id);
+        let m = members.entry(id.to_owned()).or_insert_with(|| Member {
+            record: CounterRecord {
+                url: url.to_owned(),
+                state: CounterState::Lagging,
+            },
+            failed_checks: 0,
+            syncing: false,
+            synced_entries: 0,
+            synced_snapshot_items: 0,
+        });
+        m.failed_checks = 0;
+        if !known || m.record.url != url {
+            if known {
+                tracing::info!(node = id, url, "counter moved");
+                // A new address is a new process: whether it still holds everything is checked by a sync.
+                m.record.state = CounterState::Lagging;
+            } else {
+                tracing::info!(node = id, url, "counter registered");
+            }
+            m.record.url = url.to_owned();
+            self.store.put_counter(id, &m.record)?;
+        }
+        Ok(!known)
+    }
+
+    /// Counts a failed health check; returns how many failed in a row.
+    pub fn check_failed(&self, id: &str) -> u32 {
+        let mut members = self.lock();
+        members.get_mut(id).map_or(0, |m| {
+            m.failed_checks += 1;
+            m.failed_checks
+        })
+    }
+
+    pub fn check_passed(&self, id: &str) {
+        if let Some(m) = self.lock().get_mut(id) {
+            m.failed_checks = 0;
+        }
+    }
+
+    pub fn remove(&self, id: &str) -> storage::Result<()> {
+        self.lock().remove(id);
+        self.store.remove_counter(id)?;
+        tracing::warn!(node = id, "counter removed from the registration table");
+        Ok(())
+    }
+
+    /// Claims the right to run the catch-up of `id`; false if one already runs or it needs none.
+    pub fn start_sync(&self, id: &str) -> bool {
+        match self.lock().get_mut(id) {
+            Some(m) if m.record.state == CounterState::Lagging && !m.syncing => {
+                m.syncing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn end_sync(&self, id: &str) {
+        if let Some(m) = self.lock().get_mut(id) {
+            m.syncing = false;
+        }
+    }
+
+    pub fn add_synced(&self, id: &str, entries: u64, snapshot_items: u64) {
+        if let Some(m) = self.lock().get_mut(id) {
+            m.synced_entries += entries;
+            m.synced_snapshot_items += snapshot_items;
+        }
+    }
+
+    pub fn view(&self, committed_seq: Seq) -> ClusterView {
+        let counters = self
+            .lock()
+            .iter()
+            .map(|(id, m)| CounterView {
+                node_id: id.clone(),
+                url: m.record.url.clone(),
+                state: match (m.record.state, m.syncing) {
+                    (CounterState::InSync, _) => "InSync",
+                    (CounterState::Lagging, true) => "Syncing",
+                    (CounterState::Lagging, false) => "Lagging",
+                }
+                .to_owned(),
+                failed_checks: m.failed_checks,
+                synced_entries: m.synced_entries,
+                synced_snapshot_items: m.synced_snapshot_items,
+            })
+            .collect();
+        ClusterView {
+            committed_seq,
+            counters,
+        }
+    }
+}

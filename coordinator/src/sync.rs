@@ -1,0 +1,164 @@
+//! Catch-up: bringing a lagging counter back into the write and read sets (the original "register &
+//! sync" flow, made incremental).
+//!
+//! The coordinator pulls pages of committed transactions from an in-sync counter's log, from the
+//! lagging counter's `last_applied + 1` on, and pushes them to it. When the source's log no longer
+//! reaches back that far, it sends a snapshot instead: every item, page by page, then the seq the source
+//! stood at when the snapshot began, and continues from the log after that seq. Items only ever grow, so
+//! a snapshot taken while writes go on is still exact once the log after its seq is applied.
+//!
+//! Pages are bounded, so neither side holds the dataset in memory. Writes go on during the bulk of the
+//! transfer; the last stretch runs under the round lock, between two rounds, so that when the counter is
+//! promoted it holds every committed transaction and takes part in the very next round.
+
+use std::sync::Arc;
+
+use storage::proto::LogPage;
+use storage::{crash, Seq};
+
+use crate::client::{CallError, CounterClient};
+use crate::registry::{Registry, Target};
+use crate::txn::TxnManager;
+
+/// Without the lock, transfer until the counter is this close to the committed seq.
+const CLOSE_ENOUGH: Seq = 16;
+/// Unlocked transfer passes before taking the lock anyway (writes may outpace the transfer).
+const MAX_PASSES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("call failed: {0}")]
+    Call(#[from] CallError),
+    #[error("storage: {0}")]
+    Storage(#[from] storage::Error),
+    #[error("no in-sync counter to copy from")]
+    NoSource,
+    #[error("counter {0} is ahead of the coordinator (applied {1}, committed {2})")]
+    Ahead(String, Seq, Seq),
+    #[error("counter left the registry")]
+    Gone,
+}
+
+#[derive(Clone)]
+pub struct Syncer {
+    pub registry: Arc<Registry>,
+    pub txn: Arc<TxnManager>,
+    pub client: CounterClient,
+    pub page_items: usize,
+}
+
+impl Syncer {
+    /// Starts a catch-up of `id` in the background unless one runs already or it is in sync.
+    pub fn spawn(&self, id: String) {
+        if !self.registry.start_sync(&id) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.catch_up(&id).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "catch-up failed; retried at the next health check")
+                }
+            }
+            this.registry.end_sync(&id);
+        });
+    }
+
+    async fn catch_up(&self, id: &str) -> Result<(), SyncError> {
+        let target = || -> Result<Target, SyncError> {
+            Ok(Target {
+                id: id.to_owned(),
+                url: self.registry.url(id).ok_or(SyncError::Gone)?,
+            })
+        };
+        for _ in 0..MAX_PASSES {
+            let committed = self.txn.store().committed_seq()?;
+            let at = self.client.status(&target()?.url).await?.last_applied;
+            if at + CLOSE_ENOUGH >= committed {
+                break;
+            }
+            let Some(source) = self.source(id) else { break };
+            self.transfer(&source, &target()?, at).await?;
+        }
+
+        // Final stretch between two rounds: every in-sync counter stands at the committed seq.
+        let _round = self.txn.round_lock.lock().await;
+        let committed = self.txn.store().committed_seq()?;
+        let target = target()?;
+        let mut at = self.client.status(&target.url).await?.last_applied;
+        if at < committed {
+            let source = self.source(id).ok_or(SyncError::NoSource)?;
+            at = self.transfer(&source, &target, at).await?;
+        }
+        match at.cmp(&committed) {
+            std::cmp::Ordering::Equal => {
+                self.registry.promote(id)?;
+                self.txn.store().durable().await?;
+                Ok(())
+            }
+            std::cmp::Ordering::Less => Err(SyncError::NoSource),
+            std::cmp::Ordering::Greater => Err(SyncError::Ahead(id.to_owned(), at, committed)),
+        }
+    }
+
+    fn source(&self, id: &str) -> Option<Target> {
+        self.registry.readers().into_iter().find(|t| t.id != id)
+    }
+
+    /// Copies everything `source` has after `at` to `target`; returns the target's new last applied seq.
+    async fn transfer(
+        &self,
+        source: &Target,
+        target: &Target,
+        mut at: Seq,
+    ) -> Result<Seq, SyncError> {
+        loop {
+            match self
+                .client
+                .log_page(&source.url, at + 1, self.page_items)
+                .await?
+            {
+                LogPage::Entries(entries) if entries.is_empty() => return Ok(at),
+                LogPage::Entries(entries) => {
+                    let n = entries.len() as u64;
+                    at = self
+                        .client
+                        .apply_log(&target.url, entries)
+                        .await?
+                        .last_applied;
+                    self.registry.add_synced(&target.id, n, 0);
+                    crash::point("coordinator-mid-sync");
+                }
+                LogPage::Trimmed { floor } => {
+                    tracing::info!(node = %target.id, at, floor, "log trimmed past the counter; sending a snapshot");
+                    at = self.snapshot(source, target).await?;
+                }
+            }
+        }
+    }
+
+    async fn snapshot(&self, source: &Target, target: &Target) -> Result<Seq, SyncError> {
+        let start = self.client.status(&source.url).await?;
+        let mut cursor = None;
+        loop {
+            let page = self
+                .client
+                .snapshot_page(&source.url, cursor, self.page_items)
+                .await?;
+            let n = page.items.len() as u64;
+            self.client.import(&target.url, page.items).await?;
+            self.registry.add_synced(&target.id, 0, n);
+            crash::point("coordinator-mid-sync");
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(self
+            .client
+            .finish_snapshot(&target.url, start.last_applied, start.last_txid)
+            .await?
+            .last_applied)
+    }
+}

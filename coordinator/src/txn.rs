@@ -1,0 +1,269 @@
+//! The 2PC transaction manager.
+//!
+//! Client POSTs are queued; one sequencer task takes everything queued (up to `max_round_items`) and
+//! runs it as one round, so a round of disk syncs serves many requests (group commit). Rounds run one
+//! at a time under the round lock, which is also what a catch-up takes to join a counter to the write
+//! set between two rounds. A round:
+//!
+//! 1. PREPARE to every in-sync counter in parallel. A counter that fails (NO, error, timeout) is marked
+//!    lagging, durably, and the round goes on with the others: they already hold the prepared record.
+//!    Fewer YES votes than `min_replicas` aborts the round (ROLLBACK, best effort; presumed abort).
+//! 2. The COMMIT decision with the next seq is logged and flushed: from here the transaction is
+//!    committed whatever crashes.
+//! 3. COMMIT to the YES voters in parallel; one that fails is marked lagging (it learns the outcome by
+//!    asking, or by catching up). Phase 2 is then finished and the clients are answered.
+//!
+//! When the answer goes out, every in-sync counter has applied the round, which is why any in-sync
+//! counter can serve a fresh read. A restarted coordinator first redoes phase 2 of every decision not
+//! marked finished ([`TxnManager::recover`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::join_all;
+use storage::proto::{Outcome, Vote};
+use storage::{crash, CoordinatorStore, Decision, Item, Seq, TxId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::client::CounterClient;
+use crate::error::ApiError;
+use crate::registry::{Registry, Target};
+
+struct Request {
+    items: Vec<Item>,
+    reply: oneshot::Sender<Result<Seq, ApiError>>,
+}
+
+pub struct TxnManager {
+    store: CoordinatorStore,
+    registry: Arc<Registry>,
+    client: CounterClient,
+    min_replicas: usize,
+    /// Held for the whole of a round; catch-up takes it to join a counter between rounds.
+    pub round_lock: tokio::sync::Mutex<()>,
+    /// The txid of the round collecting votes, if any: its outcome is not decided yet.
+    voting: Mutex<Option<TxId>>,
+    /// Seq of the last round whose clients were answered: a read must see at least this much.
+    acked_seq: AtomicU64,
+    queue: mpsc::UnboundedSender<Request>,
+}
+
+impl TxnManager {
+    /// Creates the manager and starts its sequencer task.
+    pub fn start(
+        store: CoordinatorStore,
+        registry: Arc<Registry>,
+        client: CounterClient,
+        min_replicas: usize,
+        max_round_items: usize,
+    ) -> storage::Result<Arc<Self>> {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let acked = store.committed_seq()?;
+        let manager = Arc::new(TxnManager {
+            store,
+            registry,
+            client,
+            min_replicas: min_replicas.max(1),
+            round_lock: tokio::sync::Mutex::new(()),
+            voting: Mutex::new(None),
+            acked_seq: AtomicU64::new(acked),
+            queue,
+        });
+        tokio::spawn(manager.clone().sequencer(rx, max_round_items));
+        Ok(manager)
+    }
+
+    /// Commits `items` atomically (all of them or none), merged into the next round.
+    pub async fn submit(&self, items: Vec<Item>) -> Result<Seq, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request { items, reply })
+            .map_err(|_| ApiError::ShuttingDown)?;
+        answer.await.map_err(|_| ApiError::ShuttingDown)?
+    }
+
+    pub fn acked_seq(&self) -> Seq {
+        self.acked_seq.load(Ordering::SeqCst)
+    }
+
+    pub fn store(&self) -> &CoordinatorStore {
+        &self.store
+    }
+
+    async fn sequencer(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Request>,
+        max_round_items: usize,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut items = first.items;
+            let mut replies = vec![first.reply];
+            while items.len() < max_round_items {
+                match rx.try_recv() {
+                    Ok(more) => {
+                        items.extend(more.items);
+                        replies.push(more.reply);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let requests = replies.len();
+            let result = self.round(items).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, requests, "round failed");
+            }
+            for reply in replies {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    async fn round(&self, items: Vec<Item>) -> Result<Seq, ApiError> {
+        let _round = self.round_lock.lock().await;
+        let txid = self.store.next_txid()?;
+        *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = Some(txid);
+        let result = self
+            .run(txid, items)
+            .instrument(tracing::info_span!("round", txid))
+            .await;
+        *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        result
+    }
+
+    async fn run(&self, txid: TxId, items: Vec<Item>) -> Result<Seq, ApiError> {
+        // Phase 1.
+        let participants = self.registry.in_sync();
+        if participants.len() < self.min_replicas {
+            return Err(ApiError::Unavailable(format!(
+                "{} counters in sync, {} needed",
+                participants.len(),
+                self.min_replicas
+            )));
+        }
+        let body = CounterClient::prepare_body(txid, items);
+        let votes = join_all(
+            participants
+                .iter()
+                .map(|t| self.client.prepare(&t.url, body.clone())),
+        )
+        .await;
+        let mut yes = Vec::new();
+        let mut dropped = false;
+        for (target, vote) in participants.into_iter().zip(votes) {
+            match vote {
+                Ok(Vote::Yes) => yes.push(target),
+                Ok(Vote::No { reason }) => {
+                    dropped |= self.drop_member(&target, &format!("voted NO: {reason}"))?
+                }
+                Err(e) => dropped |= self.drop_member(&target, &format!("prepare failed: {e}"))?,
+            }
+        }
+        if dropped {
+            self.store.durable().await?;
+        }
+        if yes.len() < self.min_replicas {
+            for target in &yes {
+                let (client, url) = (self.client.clone(), target.url.clone());
+                tokio::spawn(async move { client.rollback(&url, txid).await });
+            }
+            return Err(ApiError::Unavailable(format!(
+                "only {} counters could prepare, {} needed",
+                yes.len(),
+                self.min_replicas
+            )));
+        }
+
+        // Decision: forced to disk before anyone hears COMMIT.
+        let seq = self.store.committed_seq()? + 1;
+        let decision = Decision {
+            seq,
+            participants: yes.iter().map(|t| t.id.clone()).collect(),
+        };
+        self.store.record_commit(txid, &decision)?;
+        // From here a failure must not be reported as "not committed": the decision may be on disk.
+        self.store.durable().await.map_err(ApiError::unknown)?;
+        crash::point("coordinator-after-decision");
+        *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+
+        // Phase 2.
+        self.phase2(txid, seq, &yes)
+            .await
+            .map_err(ApiError::unknown)?;
+        self.acked_seq.fetch_max(seq, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// Sends COMMIT to every participant; one that does not acknowledge leaves the write set. Ends with
+    /// the decision marked finished.
+    async fn phase2(&self, txid: TxId, seq: Seq, participants: &[Target]) -> Result<(), ApiError> {
+        let mut pending: &[Target] = participants;
+        if crash::armed("coordinator-mid-phase2") && pending.len() > 1 {
+            // Only in crash tests: one counter gets COMMIT, then the coordinator dies before the others.
+            let _ = self.client.commit(&pending[0].url, txid, seq).await;
+            crash::point("coordinator-mid-phase2");
+            pending = &pending[1..];
+        }
+        let acks = join_all(
+            pending
+                .iter()
+                .map(|t| self.client.commit(&t.url, txid, seq)),
+        )
+        .await;
+        let mut dropped = false;
+        for (target, ack) in pending.iter().zip(acks) {
+            if let Err(e) = ack {
+                dropped |= self.drop_member(target, &format!("commit of seq {seq} failed: {e}"))?;
+            }
+        }
+        if dropped {
+            self.store.durable().await?;
+        }
+        self.store.finish_phase2(txid)?;
+        Ok(())
+    }
+
+    fn drop_member(&self, target: &Target, why: &str) -> Result<bool, ApiError> {
+        Ok(self.registry.mark_lagging(&target.id, why)?)
+    }
+
+    /// The outcome of `txid` for a counter that holds it prepared. The voting txid is checked before the
+    /// decisions, and a round logs its decision before it stops voting, so a round that is about to
+    /// commit is never reported aborted.
+    pub fn outcome(&self, txid: TxId) -> Result<Outcome, ApiError> {
+        if *self.voting.lock().unwrap_or_else(|p| p.into_inner()) == Some(txid) {
+            return Ok(Outcome::Pending);
+        }
+        Ok(match self.store.decision(txid)? {
+            Some(d) => Outcome::Committed { seq: d.seq },
+            None => Outcome::Aborted,
+        })
+    }
+
+    /// On start, before serving: redoes phase 2 of every decision not marked finished.
+    pub async fn recover(&self) -> Result<(), ApiError> {
+        let _round = self.round_lock.lock().await;
+        for (txid, decision) in self.store.unfinished()? {
+            let targets: Vec<Target> = decision
+                .participants
+                .iter()
+                .filter_map(|id| {
+                    self.registry.url(id).map(|url| Target {
+                        id: id.clone(),
+                        url,
+                    })
+                })
+                .collect();
+            tracing::info!(
+                txid,
+                seq = decision.seq,
+                participants = targets.len(),
+                "redoing phase 2"
+            );
+            self.phase2(txid, decision.seq, &targets).await?;
+        }
+        self.acked_seq
+            .fetch_max(self.store.committed_seq()?, Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! Counter service: one full replica of the counts and a participant in the coordinator's 2PC.
+//!
+//! On start it recovers its sled state from its own data directory ([`slots`] claims one under a shared
+//! root), serves the internal API ([`http`]) whose logic is in [`participant`], and registers with the
+//! coordinator ([`registration`]), resolving transactions left in doubt by a crash. It decides no
+//! transaction on its own and serves reads only because the coordinator sends it reads when it holds
+//! every committed transaction.
+
+pub mod config;
+pub mod http;
+pub mod participant;
+pub mod registration;
+pub mod slots;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use anyhow::Context;
+
+pub use config::Config;
+use participant::Participant;
+use registration::Registrar;
+
+/// Runs the counter until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = if config.slots {
+        slots::claim(&config.data_dir, config.log_retention)?
+    } else {
+        storage::CounterStore::open(&config.data_dir, config.log_retention)
+            .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?
+    };
+    let participant = Participant::new(store);
+    let status = participant.status()?;
+    tracing::info!(node_id = %status.node_id, last_applied = status.last_applied,
+        in_doubt = participant.store().prepared_txids()?.len(), "recovered");
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .context("cannot bind")?;
+    let local = listener.local_addr()?;
+    let my_url = match &config.advertise_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", advertised_addr(local, &config.coordinator_url)),
+    };
+    if let Some(path) = &config.addr_file {
+        std::fs::write(path, local.to_string()).context("cannot write addr file")?;
+    }
+    tracing::info!(%local, url = %my_url, "listening");
+
+    let registrar = Registrar::new(
+        participant.clone(),
+        config.coordinator_url.clone(),
+        my_url,
+        config.register_interval,
+        config.call_timeout,
+    );
+    tokio::spawn(registrar.run());
+
+    axum::serve(listener, http::router(participant, config.max_body_bytes))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The address others reach us at: the listen address, or when it is unspecified (0.0.0.0), this
+/// host's address on the route to the coordinator (a UDP "connect" sends nothing, it only routes).
+fn advertised_addr(local: SocketAddr, coordinator_url: &str) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let ip = coordinator_host(coordinator_url)
+        .and_then(|host| {
+            let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+            socket.connect(host).ok()?;
+            socket.local_addr().ok().map(|a| a.ip())
+        })
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(ip, local.port())
+}
+
+fn coordinator_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    Some(if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    })
+}
+
+/// Exit status for the `healthcheck` subcommand: 0 when the service at `addr` answers /health.
+pub async fn healthcheck(url: &str) -> i32 {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(3))
+        .build();
+    let ok = match client {
+        Ok(c) => matches!(c.get(url).send().await, Ok(r) if r.status().is_success()),
+        Err(_) => false,
+    };
+    if ok {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,150 @@
+//! The counter's side of 2PC and of catch-up, over its [`CounterStore`].
+//!
+//! Every method that changes state waits for the change to be on disk before it returns, because its
+//! return value is a promise to the coordinator (a YES vote, a commit acknowledgement, a synced seq).
+//! sled work runs on blocking threads: a large batch costs milliseconds of CPU.
+
+use storage::proto::{CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
+use storage::{crash, CounterStore, Error, Item, LogEntry, PrepareOutcome, Seq, TxId};
+
+#[derive(Clone)]
+pub struct Participant {
+    store: CounterStore,
+}
+
+impl Participant {
+    pub fn new(store: CounterStore) -> Self {
+        Participant { store }
+    }
+
+    pub fn store(&self) -> &CounterStore {
+        &self.store
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&CounterStore) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("storage task panicked")
+    }
+
+    /// Phase 1: YES only once the prepared record is durable; NO for a late PREPARE of a finished round.
+    pub async fn prepare(&self, txid: TxId, items: Vec<Item>) -> Result<Vote, Error> {
+        let outcome = self
+            .blocking(move |s| s.record_prepared(txid, &items))
+            .await?;
+        if outcome == PrepareOutcome::Stale {
+            return Ok(Vote::No {
+                reason: format!("transaction {txid} is older than the last applied one"),
+            });
+        }
+        self.store.durable().await?;
+        crash::point("counter-after-prepare");
+        Ok(Vote::Yes)
+    }
+
+    /// Phase 2: applies the prepared transaction as commit `seq`, acknowledged once durable.
+    pub async fn commit(&self, txid: TxId, seq: Seq) -> Result<Seq, Error> {
+        self.blocking(move |s| s.apply_commit(txid, seq)).await?;
+        self.store.durable().await?;
+        crash::point("counter-after-commit");
+        self.store.last_applied()
+    }
+
+    pub async fn rollback(&self, txid: TxId) -> Result<(), Error> {
+        self.blocking(move |s| s.rollback(txid)).await
+    }
+
+    /// `last_applied` is read first, so the count covers at least every commit up to it.
+    pub fn count(&self, tenant: &str) -> Result<CounterCount, Error> {
+        let last_applied = self.store.last_applied()?;
+        Ok(CounterCount {
+            count: self.store.count(tenant)?,
+            last_applied,
+        })
+    }
+
+    pub fn status(&self) -> Result<CounterStatus, Error> {
+        let (last_applied, last_txid) = self.store.applied()?;
+        Ok(CounterStatus {
+            node_id: self.store.node_id()?,
+            last_applied,
+            last_txid,
+            log_floor: self.store.log_floor()?,
+        })
+    }
+
+    pub async fn log_page(&self, from: Seq, max_items: usize) -> Result<LogPage, Error> {
+        match self.blocking(move |s| s.log_page(from, max_items)).await {
+            Ok(entries) => Ok(LogPage::Entries(entries)),
+            Err(Error::LogTrimmed { floor }) => Ok(LogPage::Trimmed { floor }),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn snapshot_page(
+        &self,
+        after: Option<Vec<u8>>,
+        max_items: usize,
+    ) -> Result<SnapshotPage, Error> {
+        let page = self
+            .blocking(move |s| s.snapshot_page(after.as_deref(), max_items))
+            .await?;
+        let next = if page.len() == max_items {
+            page.last().map(|(key, _)| hex(key))
+        } else {
+            None
+        };
+        Ok(SnapshotPage {
+            items: page.into_iter().map(|(_, item)| item).collect(),
+            next,
+        })
+    }
+
+    /// Catch-up: applies committed entries from another replica, acknowledged once durable.
+    pub async fn apply_log(&self, entries: Vec<LogEntry>) -> Result<Seq, Error> {
+        self.blocking(move |s| s.apply_entries(&entries)).await?;
+        self.store.durable().await?;
+        crash::point("counter-mid-sync");
+        self.store.last_applied()
+    }
+
+    pub async fn import(&self, items: Vec<Item>) -> Result<Seq, Error> {
+        self.blocking(move |s| s.import_items(&items)).await?;
+        self.store.durable().await?;
+        crash::point("counter-mid-snapshot");
+        self.store.last_applied()
+    }
+
+    pub async fn finish_snapshot(&self, seq: Seq, txid: TxId) -> Result<Seq, Error> {
+        self.blocking(move |s| s.finish_snapshot(seq, txid)).await?;
+        self.store.durable().await?;
+        self.store.last_applied()
+    }
+
+    /// Applies a commit whose outcome was learned after a restart. A gap means this replica is behind
+    /// anyway: it leaves the record, which catch-up clears when it applies that transaction.
+    pub async fn resolve_committed(&self, txid: TxId, seq: Seq) -> Result<(), Error> {
+        match self.commit(txid, seq).await {
+            Ok(_) | Err(Error::Gap { .. }) | Err(Error::NotPrepared(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! The counter's calls to the coordinator: registration and in-doubt resolution.
+//!
+//! A counter registers when it starts and then every `register_interval`, retrying until the
+//! coordinator answers, so a restarted or removed counter finds its way back without a restart of its
+//! own. Before each registration it asks the coordinator for the outcome of every transaction it still
+//! holds prepared: after a crash those are in doubt, and only the coordinator may decide them.
+
+use std::time::Duration;
+
+use storage::proto::{paths, Outcome, OutcomeQuery, RegisterRequest};
+
+use crate::participant::Participant;
+
+pub struct Registrar {
+    participant: Participant,
+    client: reqwest::Client,
+    coordinator: String,
+    my_url: String,
+    interval: Duration,
+}
+
+impl Registrar {
+    pub fn new(
+        participant: Participant,
+        coordinator: String,
+        my_url: String,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()
+            .expect("a plain HTTP client always builds");
+        Registrar {
+            participant,
+            client,
+            coordinator: coordinator.trim_end_matches('/').to_owned(),
+            my_url,
+            interval,
+        }
+    }
+
+    pub async fn run(self) {
+        let mut registered = false;
+        loop {
+            match self.round().await {
+                Ok(()) if !registered => {
+                    tracing::info!(coordinator = %self.coordinator, url = %self.my_url, "registered");
+                    registered = true;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, coordinator = %self.coordinator, "registration failed; will retry");
+                    registered = false;
+                }
+            }
+            // Retry sooner while the coordinator is unreachable.
+            let wait = if registered {
+                self.interval
+            } else {
+                self.interval.min(Duration::from_millis(500))
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn round(&self) -> anyhow::Result<()> {
+        self.resolve_in_doubt().await?;
+        let status = self.participant.status()?;
+        let req = RegisterRequest {
+            node_id: status.node_id,
+            url: self.my_url.clone(),
+            last_applied: status.last_applied,
+        };
+        self.client
+            .post(format!("{}{}", self.coordinator, paths::REGISTER))
+            .json(&req)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    async fn resolve_in_doubt(&self) -> anyhow::Result<()> {
+        for txid in self.participant.store().prepared_txids()? {
+            let outcome: Outcome = self
+                .client
+                .post(format!("{}{}", self.coordinator, paths::OUTCOME))
+                .json(&OutcomeQuery { txid })
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            match outcome {
+                Outcome::Committed { seq } => {
+                    tracing::info!(txid, seq, "in-doubt transaction committed");
+                    self.participant.resolve_committed(txid, seq).await?;
+                }
+                Outcome::Aborted => {
+                    tracing::info!(txid, "in-doubt transaction aborted");
+                    self.participant.rollback(txid).await?;
+                }
+                Outcome::Pending => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The coordinator's durable state: transaction ids, COMMIT decisions and the registration table.
+//!
+//! Trees:
+//! - `decisions`: txid → [`Decision`] for every committed transaction. No record means abort
+//!   (presumed abort), so an abort needs no write at all.
+//! - `unfinished`: txids whose phase 2 may not have reached every participant; redone on start.
+//! - `registry`: node id → [`CounterRecord`].
+//! - `meta`: `committed_seq`, the seq of the last COMMIT decision.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use crate::codec::{decode, encode};
+use crate::error::{open_db, Error, Result};
+use crate::flusher::Flusher;
+use crate::keys::{u64_from, u64_key};
+use crate::model::{NodeId, Seq, TxId};
+
+const COMMITTED_SEQ: &[u8] = b"committed_seq";
+
+/// A logged COMMIT decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub seq: Seq,
+    /// The counters that voted YES and are sent COMMIT.
+    pub participants: Vec<NodeId>,
+}
+
+/// Whether a registered counter may take writes and serve reads.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterState {
+    /// Holds every committed transaction; in the write and read sets.
+    InSync,
+    /// Missed something or failed a call; must catch up before it serves again.
+    Lagging,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CounterRecord {
+    /// Base URL the coordinator calls, e.g. `http://10.0.0.5:9000`.
+    pub url: String,
+    pub state: CounterState,
+}
+
+#[derive(Clone)]
+pub struct CoordinatorStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    decisions: sled::Tree,
+    unfinished: sled::Tree,
+    registry: sled::Tree,
+    flusher: Flusher,
+}
+
+impl CoordinatorStore {
+    /// Opens (or creates) the coordinator's database. Must run inside a tokio runtime.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = open_db(path)?;
+        // sled's id generator skips ahead on recovery only if its counter was ever on disk. Flush a
+        // new database at once, or a crash before its first flush hands out the same txids again.
+        db.flush()?;
+        Ok(CoordinatorStore {
+            meta: db.open_tree("meta")?,
+            decisions: db.open_tree("decisions")?,
+            unfinished: db.open_tree("unfinished")?,
+            registry: db.open_tree("registry")?,
+            flusher: Flusher::spawn(db.clone()),
+            db,
+        })
+    }
+
+    /// Waits until every write made before the call is on disk (group commit).
+    pub async fn durable(&self) -> Result<()> {
+        self.flusher.durable().await
+    }
+
+    /// A new transaction id, greater than every id handed out before, also across crashes: sled's id
+    /// generator persists ahead of what it hands out and skips forward on recovery.
+    pub fn next_txid(&self) -> Result<TxId> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    /// Seq of the last COMMIT decision (0 if none).
+    pub fn committed_seq(&self) -> Result<Seq> {
+        Ok(match self.meta.get(COMMITTED_SEQ)? {
+            Some(v) => u64_from(&v).ok_or_else(|| Error::corrupt("meta", "bad committed_seq"))?,
+            None => 0,
+        })
+    }
+
+    /// Logs the COMMIT decision for `txid` as commit number `seq`.
+    ///
+    /// Crash invariant: no COMMIT is sent and no client is answered before [`Self::durable`] returns.
+    /// A crash before that leaves no record, so the transaction is aborted (presumed abort); a crash
+    /// after it leaves the txid in `unfinished`, and phase 2 is redone on start.
+    pub fn record_commit(&self, txid: TxId, decision: &Decision) -> Result<()> {
+        let trees = (&self.meta, &self.decisions, &self.unfinished);
+        trees
+            .transaction(|(meta, decisions, unfinished)| {
+                decisions.insert(&u64_key(txid), encode(decision))?;
+                unfinished.insert(&u64_key(txid), &[][..])?;
+                meta.insert(COMMITTED_SEQ, &u64_key(decision.seq))?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => Error::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    unreachable!("closure never aborts")
+                }
+            })
+    }
+
+    /// Marks phase 2 of `txid` as done: every participant acknowledged or was marked lagging.
+    ///
+    /// Crash invariant: none needed; if lost, phase 2 is redone on start and COMMIT is idempotent.
+    pub fn finish_phase2(&self, txid: TxId) -> Result<()> {
+        self.unfinished.remove(u64_key(txid))?;
+        Ok(())
+    }
+
+    /// Decisions whose phase 2 may be incomplete, in txid order.
+    pub fn unfinished(&self) -> Result<Vec<(TxId, Decision)>> {
+        let mut out = Vec::new();
+        for key in self.unfinished.iter().keys() {
+            let txid = u64_from(&key?).ok_or_else(|| Error::corrupt("unfinished", "bad key"))?;
+            let decision = self
+                .decision(txid)?
+                .ok_or_else(|| Error::corrupt("unfinished", format!("no decision for {txid}")))?;
+            out.push((txid, decision));
+        }
+        Ok(out)
+    }
+
+    /// The logged decision for `txid`; `None` means it did not commit (presumed abort), unless its
+    /// round is still running.
+    pub fn decision(&self, txid: TxId) -> Result<Option<Decision>> {
+        match self.decisions.get(u64_key(txid))? {
+            Some(raw) => Ok(Some(decode("decisions", &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn counters(&self) -> Result<Vec<(NodeId, CounterRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.registry.iter() {
+            let (k, v) = kv?;
+            let id = String::from_utf8(k.to_vec()).map_err(|e| Error::corrupt("registry", e))?;
+            out.push((id, decode("registry", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Adds or updates a counter in the registration table.
+    ///
+    /// Crash invariant: a counter is marked lagging durably before any client is answered for a
+    /// round it missed, so after a restart it is never taken for in sync; await [`Self::durable`].
+    pub fn put_counter(&self, id: &str, record: &CounterRecord) -> Result<()> {
+        self.registry.insert(id.as_bytes(), encode(record))?;
+        Ok(())
+    }
+
+    /// Removes a counter from the registration table (after failed health checks).
+    pub fn remove_counter(&self, id: &str) -> Result<()> {
+        self.registry.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    #[doc(hidden)]
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}

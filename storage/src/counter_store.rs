@@ -1,0 +1,432 @@
+//! A counter's replica: prepared transactions, items per tenant with O(1) counts, and the log of
+//! committed transactions by sequence number.
+//!
+//! Trees:
+//! - `prepared`: txid → items of a transaction this replica voted YES on and has not seen decided.
+//! - `items`: [`keys::item_key`] → empty; the set of counted items.
+//! - `counts`: tenant → number of its items, updated in the same sled transaction as `items`.
+//! - `log`: seq → [`LogEntry`], the committed transactions after `log_floor`, for incremental catch-up.
+//! - `meta`: `node_id`, `applied` (seq and txid of the last applied commit), `log_floor`.
+//!
+//! Commits are applied strictly in seq order, so `last_applied` says exactly which committed
+//! transactions this replica holds: all of 1..=last_applied and nothing after them.
+//!
+//! The coordinator runs one 2PC round at a time with increasing txids. So once the transaction with
+//! txid `t` is applied, every prepared record with a smaller txid belongs to a round that is over and
+//! did not commit here in order: it was aborted, or committed and applied already. Applying therefore
+//! clears those records, which resolves in-doubt transactions of a replica that missed their outcome.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::codec::{decode, encode};
+use crate::error::{open_db, Error, Result};
+use crate::flusher::Flusher;
+use crate::keys::{item_from_key, item_key, u64_from, u64_key};
+use crate::model::{Item, LogEntry, NodeId, Seq, TxId};
+
+const NODE_ID: &[u8] = b"node_id";
+/// seq then txid of the last applied commit, in one value so they are always read together.
+const APPLIED: &[u8] = b"applied";
+const LOG_FLOOR: &[u8] = b"log_floor";
+
+/// What [`CounterStore::apply_commit`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Applied,
+    /// The seq was applied before (a re-sent COMMIT): nothing changed.
+    AlreadyApplied,
+}
+
+/// What [`CounterStore::record_prepared`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PrepareOutcome {
+    /// Recorded (not yet durable: await [`CounterStore::durable`] before voting YES).
+    Recorded,
+    /// A transaction at or after this txid was already applied: this PREPARE is late, its round is over.
+    Stale,
+}
+
+#[derive(Clone)]
+pub struct CounterStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    prepared: sled::Tree,
+    items: sled::Tree,
+    counts: sled::Tree,
+    log: sled::Tree,
+    flusher: Flusher,
+    /// Committed transactions kept in the log for catch-up; 0 keeps them all.
+    log_retention: u64,
+}
+
+impl CounterStore {
+    /// Opens (or creates) the replica at `path` and recovers it. Creates the node id on first open.
+    /// Must run inside a tokio runtime (it starts the flusher). Fails, never starts empty, when the
+    /// directory holds data sled cannot read.
+    pub fn open(path: &Path, log_retention: u64) -> Result<Self> {
+        let db = open_db(path)?;
+        let store = CounterStore {
+            meta: db.open_tree("meta")?,
+            prepared: db.open_tree("prepared")?,
+            items: db.open_tree("items")?,
+            counts: db.open_tree("counts")?,
+            log: db.open_tree("log")?,
+            flusher: Flusher::spawn(db.clone()),
+            db,
+            log_retention,
+        };
+        if store.meta.get(NODE_ID)?.is_none() {
+            let id = new_node_id();
+            // compare_and_swap: a node id, once created, never changes.
+            let _ = store
+                .meta
+                .compare_and_swap(NODE_ID, None::<&[u8]>, Some(id.as_bytes()))?;
+            store.db.flush()?;
+        }
+        Ok(store)
+    }
+
+    /// Waits until every write made before the call is on disk (group commit).
+    pub async fn durable(&self) -> Result<()> {
+        self.flusher.durable().await
+    }
+
+    pub fn node_id(&self) -> Result<NodeId> {
+        let raw = self
+            .meta
+            .get(NODE_ID)?
+            .ok_or_else(|| Error::corrupt("meta", "no node id"))?;
+        String::from_utf8(raw.to_vec()).map_err(|e| Error::corrupt("meta", e))
+    }
+
+    pub fn last_applied(&self) -> Result<Seq> {
+        Ok(self.applied()?.0)
+    }
+
+    /// Seq and txid of the last applied commit ((0, 0) if none).
+    pub fn applied(&self) -> Result<(Seq, TxId)> {
+        match self.meta.get(APPLIED)? {
+            Some(v) => {
+                decode_applied(&v).ok_or_else(|| Error::corrupt("meta", "bad applied position"))
+            }
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Commits at or below this seq may be missing from the log (trimmed, or skipped by a snapshot).
+    pub fn log_floor(&self) -> Result<Seq> {
+        self.meta_u64(LOG_FLOOR)
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<u64> {
+        Ok(match self.meta.get(key)? {
+            Some(v) => u64_from(&v).ok_or_else(|| Error::corrupt("meta", "bad number"))?,
+            None => 0,
+        })
+    }
+
+    /// The tenant's number of distinct items: one key lookup.
+    pub fn count(&self, tenant: &str) -> Result<u64> {
+        Ok(match self.counts.get(tenant.as_bytes())? {
+            Some(v) => u64_from(&v).ok_or_else(|| Error::corrupt("counts", "bad number"))?,
+            None => 0,
+        })
+    }
+
+    /// Phase 1: remembers the items of `txid`.
+    ///
+    /// Crash invariant: the record is durable only after [`Self::durable`]; the replica votes YES only
+    /// then, and from that point never decides the outcome alone.
+    pub fn record_prepared(&self, txid: TxId, items: &[Item]) -> Result<PrepareOutcome> {
+        if txid <= self.applied()?.1 {
+            return Ok(PrepareOutcome::Stale);
+        }
+        self.prepared
+            .insert(u64_key(txid), encode(&items.to_vec()))?;
+        Ok(PrepareOutcome::Recorded)
+    }
+
+    /// Transactions prepared here whose outcome this replica has not learned (in doubt after a restart).
+    pub fn prepared_txids(&self) -> Result<Vec<TxId>> {
+        self.prepared
+            .iter()
+            .keys()
+            .map(|k| u64_from(&k?).ok_or_else(|| Error::corrupt("prepared", "bad key")))
+            .collect()
+    }
+
+    /// Phase 2, abort: forgets the prepared record.
+    ///
+    /// Crash invariant: none needed. If the removal is lost, the record is in doubt after restart and
+    /// the coordinator answers abort (presumed abort), or a later applied txid clears it.
+    pub fn rollback(&self, txid: TxId) -> Result<()> {
+        self.prepared.remove(u64_key(txid))?;
+        Ok(())
+    }
+
+    /// Phase 2, commit: applies prepared `txid` as commit number `seq`, in one sled transaction with
+    /// its log entry, `last_applied` and the removal of the prepared record, so it applies exactly once.
+    ///
+    /// Crash invariant: acknowledged only after [`Self::durable`]; if the process dies before, the
+    /// prepared record is still there and the commit is redone from the coordinator's decision.
+    pub fn apply_commit(&self, txid: TxId, seq: Seq) -> Result<ApplyOutcome> {
+        let last = self.last_applied()?;
+        if seq <= last {
+            return Ok(ApplyOutcome::AlreadyApplied);
+        }
+        if seq != last + 1 {
+            return Err(Error::Gap {
+                expected: last + 1,
+                got: seq,
+            });
+        }
+        let raw = self
+            .prepared
+            .get(u64_key(txid))?
+            .ok_or(Error::NotPrepared(txid))?;
+        let items: Vec<Item> = decode("prepared", &raw)?;
+        self.apply_entries(&[LogEntry { seq, txid, items }])
+    }
+
+    /// Applies committed log entries received from another replica (catch-up). Entries at or below
+    /// `last_applied` are skipped; the first one after it must be `last_applied + 1`. All entries are
+    /// applied in one sled transaction.
+    ///
+    /// Crash invariant: the same as [`Self::apply_commit`]; acknowledge only after [`Self::durable`].
+    pub fn apply_entries(&self, entries: &[LogEntry]) -> Result<ApplyOutcome> {
+        let trees = (
+            &self.meta,
+            &self.prepared,
+            &self.items,
+            &self.counts,
+            &self.log,
+        );
+        let retention = self.log_retention;
+        let result = trees.transaction(|(meta, prepared, items, counts, log)| {
+            let (mut last, _) = tx_applied(meta)?;
+            let mut floor = tx_u64(meta, LOG_FLOOR)?;
+            let mut applied = false;
+            let mut added: HashMap<&str, u64> = HashMap::new();
+            for entry in entries {
+                if entry.seq <= last {
+                    continue;
+                }
+                if entry.seq != last + 1 {
+                    return Err(ConflictableTransactionError::Abort(Error::Gap {
+                        expected: last + 1,
+                        got: entry.seq,
+                    }));
+                }
+                // A batch may name an item twice; count the distinct ones.
+                let distinct: BTreeSet<&Item> = entry.items.iter().collect();
+                for item in distinct {
+                    if items.insert(item_key(item), &[][..])?.is_none() {
+                        *added.entry(item.tenant.as_str()).or_default() += 1;
+                    }
+                }
+                log.insert(&u64_key(entry.seq), encode(entry))?;
+                prepared.remove(&u64_key(entry.txid))?;
+                if retention > 0 && entry.seq > retention && entry.seq - retention > floor {
+                    floor = entry.seq - retention;
+                    log.remove(&u64_key(floor))?;
+                    meta.insert(LOG_FLOOR, &u64_key(floor))?;
+                }
+                last = entry.seq;
+                meta.insert(APPLIED, &encode_applied(last, entry.txid))?;
+                applied = true;
+            }
+            add_counts(counts, &added)?;
+            Ok(applied)
+        });
+        let applied = result.map_err(tx_error)?;
+        if let Some(last) = entries.last() {
+            self.clear_prepared_before(last.txid)?;
+        }
+        Ok(if applied {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::AlreadyApplied
+        })
+    }
+
+    /// Removes prepared records of rounds that are over (see the module doc). Outside the apply
+    /// transaction on purpose: losing this cleanup in a crash only leaves records that are resolved later.
+    fn clear_prepared_before(&self, txid: TxId) -> Result<()> {
+        for key in self.prepared.range(..u64_key(txid)).keys() {
+            self.prepared.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Up to about `max_items` items of committed transactions from seq `from` on (at least one entry
+    /// when there is one). Fails with [`Error::LogTrimmed`] when the log no longer reaches back to `from`.
+    pub fn log_page(&self, from: Seq, max_items: usize) -> Result<Vec<LogEntry>> {
+        let floor = self.log_floor()?;
+        if from <= floor {
+            return Err(Error::LogTrimmed { floor });
+        }
+        let mut page = Vec::new();
+        let mut items = 0;
+        for value in self.log.range(u64_key(from)..).values() {
+            let entry: LogEntry = decode("log", &value?)?;
+            if entry.seq != from + page.len() as u64 {
+                // Only a snapshot can leave a hole, and it raises the floor past it.
+                return Err(Error::corrupt(
+                    "log",
+                    format!("hole before seq {}", entry.seq),
+                ));
+            }
+            items += entry.items.len();
+            page.push(entry);
+            if items >= max_items {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// Up to `max_items` items in key order, after the item key `after` (from the start when `None`).
+    /// The cursor to continue from is the key of the last item returned.
+    pub fn snapshot_page(
+        &self,
+        after: Option<&[u8]>,
+        max_items: usize,
+    ) -> Result<Vec<(Vec<u8>, Item)>> {
+        let range = match after {
+            Some(key) => self.items.range((
+                std::ops::Bound::Excluded(key.to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.items.iter(),
+        };
+        let mut page = Vec::new();
+        for key in range.keys().take(max_items) {
+            let key = key?;
+            let item = item_from_key(&key).ok_or_else(|| Error::corrupt("items", "bad key"))?;
+            page.push((key.to_vec(), item));
+        }
+        Ok(page)
+    }
+
+    /// Adds snapshot items (committed items from another replica) without moving `last_applied`.
+    ///
+    /// Crash invariant: items only ever grow, and every item here was committed, so a crash halfway
+    /// through a snapshot leaves a replica that is still consistent at its old `last_applied` plus some
+    /// committed items it will also get again; it serves no reads until it has caught up.
+    pub fn import_items(&self, batch: &[Item]) -> Result<()> {
+        let result = (&self.items, &self.counts).transaction(|(items, counts)| {
+            let mut added: HashMap<&str, u64> = HashMap::new();
+            for item in batch.iter().collect::<BTreeSet<_>>() {
+                if items.insert(item_key(item), &[][..])?.is_none() {
+                    *added.entry(item.tenant.as_str()).or_default() += 1;
+                }
+            }
+            add_counts(counts, &added)
+        });
+        result.map_err(tx_error)
+    }
+
+    /// Ends a snapshot that started when the source had applied `seq`: this replica now holds every
+    /// commit up to `seq`, and its log restarts after it.
+    ///
+    /// Crash invariant: called only after every snapshot page was imported and made durable.
+    pub fn finish_snapshot(&self, seq: Seq, txid: TxId) -> Result<()> {
+        let result = self.meta.transaction(|meta| {
+            if tx_applied(meta)?.0 < seq {
+                meta.insert(APPLIED, &encode_applied(seq, txid))?;
+                meta.insert(LOG_FLOOR, &u64_key(seq))?;
+            }
+            Ok(())
+        });
+        result.map_err(tx_error)?;
+        // Entries at or below the floor are never read again; dropping them is only tidiness. Not past
+        // the floor: a replica already ahead of `seq` kept its floor, and `log_page` must not find a hole.
+        let floor = self.log_floor()?;
+        for key in self.log.range(..=u64_key(floor)).keys() {
+            self.log.remove(key?)?;
+        }
+        self.clear_prepared_before(txid + 1)
+    }
+
+    /// Drops the handle without flushing: for tests that simulate a crash.
+    #[doc(hidden)]
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+fn tx_u64(
+    tree: &TransactionalTree,
+    key: &[u8],
+) -> std::result::Result<u64, ConflictableTransactionError<Error>> {
+    match tree.get(key)? {
+        Some(v) => u64_from(&v).ok_or_else(|| {
+            ConflictableTransactionError::Abort(Error::corrupt("meta", "bad number"))
+        }),
+        None => Ok(0),
+    }
+}
+
+fn tx_applied(
+    tree: &TransactionalTree,
+) -> std::result::Result<(Seq, TxId), ConflictableTransactionError<Error>> {
+    match tree.get(APPLIED)? {
+        Some(v) => decode_applied(&v).ok_or_else(|| {
+            ConflictableTransactionError::Abort(Error::corrupt("meta", "bad applied position"))
+        }),
+        None => Ok((0, 0)),
+    }
+}
+
+fn encode_applied(seq: Seq, txid: TxId) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&u64_key(seq));
+    out[8..].copy_from_slice(&u64_key(txid));
+    out
+}
+
+fn decode_applied(bytes: &[u8]) -> Option<(Seq, TxId)> {
+    Some((u64_from(bytes.get(..8)?)?, u64_from(bytes.get(8..)?)?))
+}
+
+fn add_counts(
+    counts: &TransactionalTree,
+    added: &HashMap<&str, u64>,
+) -> std::result::Result<(), ConflictableTransactionError<Error>> {
+    for (tenant, n) in added {
+        let old = match counts.get(tenant.as_bytes())? {
+            Some(v) => u64_from(&v).ok_or_else(|| {
+                ConflictableTransactionError::Abort(Error::corrupt("counts", "bad number"))
+            })?,
+            None => 0,
+        };
+        counts.insert(tenant.as_bytes(), &u64_key(old + n))?;
+    }
+    Ok(())
+}
+
+fn tx_error(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => Error::Sled(e),
+    }
+}
+
+/// A fresh random node id. std's `RandomState` is seeded from the OS, which is enough for an identity
+/// that only has to differ between replicas.
+fn new_node_id() -> NodeId {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}

@@ -1,0 +1,29 @@
+//! Durable state of the distributed counter.
+//!
+//! Everything that must survive a crash lives here: the data model ([`model`]), the versioned record
+//! encoding ([`codec`]), the key layout ([`keys`]), the counter's replica ([`CounterStore`]) and the
+//! coordinator's registry and 2PC decisions ([`CoordinatorStore`]). Each durable state transition is one
+//! method whose doc comment names its crash invariant.
+//!
+//! sled writes are **not** durable until a flush returns. Callers never flush directly: each store owns
+//! one [`Flusher`] task that flushes once for every writer waiting since the previous flush (group commit),
+//! which also keeps sled away from the many-concurrent-`flush_async` hang described in DESIGN.md.
+//! A flush uses `sync_file_range`, so it survives a process or container kill, not a power loss.
+//!
+//! The wire messages exchanged by coordinator and counters live in [`proto`], defined once for both sides.
+
+pub mod codec;
+pub mod coordinator_store;
+pub mod counter_store;
+pub mod crash;
+pub mod error;
+pub mod flusher;
+pub mod keys;
+pub mod model;
+pub mod proto;
+
+pub use coordinator_store::{CoordinatorStore, CounterRecord, CounterState, Decision};
+pub use counter_store::{ApplyOutcome, CounterStore, PrepareOutcome};
+pub use error::{Error, Result};
+pub use flusher::Flusher;
+pub use model::{Item, LogEntry, NodeId, Seq, TxId};

@@ -1,0 +1,199 @@
+//! Messages between the coordinator and the counters, and the bodies of the public API.
+//! Both sides use these types; JSON on the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Item, LogEntry, NodeId, Seq, TxId};
+
+/// Internal paths. Counters serve the first group, the coordinator the second.
+pub mod paths {
+    pub const PREPARE: &str = "/internal/prepare";
+    pub const COMMIT: &str = "/internal/commit";
+    pub const ROLLBACK: &str = "/internal/rollback";
+    pub const COUNT: &str = "/internal/count";
+    pub const STATUS: &str = "/internal/status";
+    pub const LOG: &str = "/internal/sync/log";
+    pub const SNAPSHOT: &str = "/internal/sync/snapshot";
+    pub const APPLY_LOG: &str = "/internal/sync/apply-log";
+    pub const IMPORT: &str = "/internal/sync/import";
+    pub const FINISH_SNAPSHOT: &str = "/internal/sync/finish-snapshot";
+
+    pub const REGISTER: &str = "/internal/register";
+    pub const OUTCOME: &str = "/internal/outcome";
+    pub const CLUSTER: &str = "/internal/cluster";
+
+    /// Liveness, on both services.
+    pub const HEALTH: &str = "/health";
+}
+
+/// Coordinator → counter, phase 1. The counter answers after the prepared record is on disk.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct PrepareRequest {
+    pub txid: TxId,
+    pub items: Vec<Item>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    Yes,
+    No { reason: String },
+}
+
+/// Coordinator → counter, phase 2 after a logged COMMIT decision. Answered after the commit is on disk.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CommitRequest {
+    pub txid: TxId,
+    pub seq: Seq,
+}
+
+/// Coordinator → counter, phase 2 of an aborted round. Best effort: presumed abort covers a lost one.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RollbackRequest {
+    pub txid: TxId,
+}
+
+/// A counter's answer to commit and to sync writes: where it stands now.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Applied {
+    pub last_applied: Seq,
+}
+
+/// A counter's internal count answer. `last_applied` is read before the count, so the count includes
+/// at least every commit up to it; the coordinator uses it to refuse a stale answer.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CounterCount {
+    pub count: u64,
+    pub last_applied: Seq,
+}
+
+/// A counter's state, for health checks and sync.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CounterStatus {
+    pub node_id: NodeId,
+    pub last_applied: Seq,
+    pub last_txid: TxId,
+    pub log_floor: Seq,
+}
+
+/// Query of [`paths::LOG`]: committed transactions from seq `from` on.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct LogQuery {
+    pub from: Seq,
+    pub max_items: usize,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum LogPage {
+    Entries(Vec<LogEntry>),
+    /// The log no longer reaches back to the requested seq: a snapshot is needed.
+    Trimmed {
+        floor: Seq,
+    },
+}
+
+/// Query of [`paths::SNAPSHOT`]: items after the cursor (hex of an item key), from the start if absent.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SnapshotQuery {
+    pub after: Option<String>,
+    pub max_items: usize,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SnapshotPage {
+    pub items: Vec<Item>,
+    /// Cursor for the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// Coordinator → catching-up counter: committed entries to apply in order.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ApplyLogRequest {
+    pub entries: Vec<LogEntry>,
+}
+
+/// Coordinator → catching-up counter: snapshot items to add.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ImportRequest {
+    pub items: Vec<Item>,
+}
+
+/// Coordinator → catching-up counter: all snapshot pages taken when the source stood at `seq` are in.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct FinishSnapshotRequest {
+    pub seq: Seq,
+    pub txid: TxId,
+}
+
+/// Counter → coordinator, on start and periodically: "I am here, at this URL, with this much".
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RegisterRequest {
+    pub node_id: NodeId,
+    pub url: String,
+    pub last_applied: Seq,
+}
+
+/// Counter → coordinator after a restart, for each transaction it holds prepared: the outcome.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct OutcomeQuery {
+    pub txid: TxId,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed {
+        seq: Seq,
+    },
+    /// No logged COMMIT and no running round: aborted (presumed abort).
+    Aborted,
+    /// The round is still running: ask again.
+    Pending,
+}
+
+/// Public: answer of `GET /items/{tenant}/count`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CountBody {
+    pub count: u64,
+}
+
+/// Public: `{"status":"success"}` or `{"status":"failed","error":"..."}`, the original project's shape.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct StatusBody {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl StatusBody {
+    pub fn success() -> Self {
+        StatusBody {
+            status: "success".into(),
+            error: None,
+        }
+    }
+
+    pub fn failed(error: impl Into<String>) -> Self {
+        StatusBody {
+            status: "failed".into(),
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Operator view of the cluster (`GET /internal/cluster` on the coordinator).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ClusterView {
+    pub committed_seq: Seq,
+    pub counters: Vec<CounterView>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CounterView {
+    pub node_id: NodeId,
+    pub url: String,
+    /// `InSync`, `Lagging`, or `Syncing` while a catch-up runs.
+    pub state: String,
+    pub failed_checks: u32,
+    /// Log entries and snapshot items sent to this counter by catch-ups since the coordinator started.
+    pub synced_entries: u64,
+    pub synced_snapshot_items: u64,
+}
