@@ -1,1 +1,376 @@
+//! Test harness: a real cluster of `coordinator` and `counter` processes on 127.0.0.1 with ephemeral
+//! ports and temporary data directories, which tests kill (SIGKILL) and restart on the same data.
+//!
+//! The binaries are the workspace's own, built with the `crash-points` feature (`make test` builds
+//! them first). A process started with `DC_CRASH_AT=<point>` aborts at that point; see `storage::crash`.
 
+pub mod history;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use storage::proto::{ClusterView, CounterCount, CounterStatus};
+
+/// Where cargo put the binaries: the test executable lives in `<target>/<profile>/deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test`, or `cargo build --bins --features coordinator/crash-points,counter/crash-points` first",
+        path.display()
+    );
+    path
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Coordinator,
+    Counter,
+}
+
+/// One service process and everything needed to restart it on the same data.
+pub struct Service {
+    kind: Kind,
+    name: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    addr_file: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Service {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr.expect("service has been started"))
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let _ = std::fs::remove_file(&self.addr_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let binary = match self.kind {
+            Kind::Coordinator => bin("coordinator"),
+            Kind::Counter => bin("counter"),
+        };
+        let mut cmd = Command::new(binary);
+        cmd.args(&self.args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--addr-file")
+            .arg(&self.addr_file)
+            .env("RUST_LOG", "info")
+            .env_remove("DC_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().with_context(|| format!("spawn {}", self.name))?);
+        Ok(())
+    }
+
+    /// Waits until the service wrote its address (it is listening, and recovered).
+    fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
+                if let Ok(addr) = text.trim().parse() {
+                    self.addr = Some(addr);
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{} exited with {status} before listening:\n{}", self.name, self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start listening:\n{}", self.name, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no destructor, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits for the process to die on its own (a crash point); returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().context("not running")?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit:\n{}", self.name, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Knobs of a test cluster. Defaults are tuned for fast tests, not production.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub counters: usize,
+    pub health_interval: &'static str,
+    pub register_interval: &'static str,
+    pub log_retention: u64,
+    pub coordinator_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            counters: 3,
+            health_interval: "300ms",
+            register_interval: "300ms",
+            log_retention: 100_000,
+            coordinator_args: Vec::new(),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinator: Service,
+    pub counters: Vec<Service>,
+    pub options: Options,
+    pub http: reqwest::Client,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Cluster {
+    /// Starts a coordinator and `options.counters` counters and waits until all are in sync.
+    pub async fn start(options: Options) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        // The coordinator keeps its port across restarts, as counters know it by URL.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--health-interval".to_owned(),
+            options.health_interval.to_owned(),
+        ];
+        args.extend(options.coordinator_args.iter().cloned());
+        let coordinator = Service {
+            kind: Kind::Coordinator,
+            name: "coordinator".into(),
+            data_dir: dir.path().join("coordinator"),
+            log: dir.path().join("coordinator.log"),
+            addr_file: dir.path().join("coordinator.addr"),
+            args,
+            child: None,
+            addr: None,
+        };
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
+        let mut cluster = Cluster { dir, coordinator, counters: Vec::new(), options, http };
+        cluster.start_coordinator(&[]).await?;
+        for _ in 0..cluster.options.counters {
+            cluster.add_counter().await?;
+        }
+        cluster.wait_in_sync(cluster.options.counters, START_TIMEOUT).await?;
+        Ok(cluster)
+    }
+
+    pub fn url(&self) -> String {
+        self.coordinator.url()
+    }
+
+    /// Starts (or restarts) the coordinator with extra environment, e.g. a crash point.
+    pub async fn start_coordinator(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.coordinator.spawn(env)?;
+        self.coordinator.wait_listening(START_TIMEOUT)
+    }
+
+    pub async fn restart_coordinator(&mut self) -> Result<()> {
+        self.coordinator.kill();
+        self.start_coordinator(&[]).await
+    }
+
+    /// Adds a new counter with its own data directory; returns its index.
+    pub async fn add_counter(&mut self) -> Result<usize> {
+        let i = self.counters.len();
+        let args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--coordinator-url".to_owned(),
+            self.url(),
+            "--register-interval".to_owned(),
+            self.options.register_interval.to_owned(),
+            "--log-retention".to_owned(),
+            self.options.log_retention.to_string(),
+        ];
+        self.counters.push(Service {
+            kind: Kind::Counter,
+            name: format!("counter-{i}"),
+            data_dir: self.dir.path().join(format!("counter-{i}")),
+            log: self.dir.path().join(format!("counter-{i}.log")),
+            addr_file: self.dir.path().join(format!("counter-{i}.addr")),
+            args,
+            child: None,
+            addr: None,
+        });
+        self.start_counter(i, &[]).await?;
+        Ok(i)
+    }
+
+    /// Starts (or restarts) counter `i` on its data directory, with extra environment.
+    pub async fn start_counter(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
+        self.counters[i].spawn(env)?;
+        self.counters[i].wait_listening(START_TIMEOUT)
+    }
+
+    pub async fn restart_counter(&mut self, i: usize) -> Result<()> {
+        self.counters[i].kill();
+        self.start_counter(i, &[]).await
+    }
+
+    /// POST /items; returns the status code and the JSON body.
+    pub async fn post(&self, items: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let body: Vec<Value> = items.iter().map(|(id, tenant)| serde_json::json!({"id": id, "tenant": tenant})).collect();
+        self.post_raw(&serde_json::to_string(&body)?).await
+    }
+
+    pub async fn post_raw(&self, body: &str) -> Result<(u16, Value)> {
+        let resp = self.http.post(format!("{}/items", self.url())).body(body.to_owned()).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
+    /// POST that must succeed.
+    pub async fn post_ok(&self, items: &[(&str, &str)]) -> Result<()> {
+        let (status, body) = self.post(items).await?;
+        if status != 200 || body["status"] != "success" {
+            bail!("POST answered {status} {body}");
+        }
+        Ok(())
+    }
+
+    /// GET /items/{tenant}/count with the tenant percent-encoded.
+    pub async fn count(&self, tenant: &str) -> Result<u64> {
+        let (status, body) = self.get(&format!("/items/{}/count", encode(tenant))).await?;
+        if status != 200 {
+            bail!("count answered {status} {body}");
+        }
+        body["count"].as_u64().context("count is not a number")
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let resp = self.http.get(format!("{}{path}", self.url())).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
+    pub async fn view(&self) -> Result<ClusterView> {
+        Ok(self.http.get(format!("{}/internal/cluster", self.url())).send().await?.json().await?)
+    }
+
+    /// Waits until at least `n` counters are in sync.
+    pub async fn wait_in_sync(&self, n: usize, timeout: Duration) -> Result<ClusterView> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(view) = self.view().await {
+                if view.counters.iter().filter(|c| c.state == "InSync").count() >= n {
+                    return Ok(view);
+                }
+                if Instant::now() > deadline {
+                    bail!("{n} counters not in sync in {timeout:?}: {view:?}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("coordinator not answering");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter's own view, bypassing the coordinator.
+    pub async fn counter_status(&self, i: usize) -> Result<CounterStatus> {
+        Ok(self.http.get(format!("{}/internal/status", self.counters[i].url())).send().await?.json().await?)
+    }
+
+    pub async fn counter_count(&self, i: usize, tenant: &str) -> Result<CounterCount> {
+        let url = format!("{}/internal/count/{}", self.counters[i].url(), encode(tenant));
+        Ok(self.http.get(url).send().await?.json().await?)
+    }
+
+    /// Waits until every running counter is in sync at the coordinator's committed seq and all agree
+    /// on the counts of `tenants`; returns those counts.
+    pub async fn converged(&mut self, tenants: &[String], timeout: Duration) -> Result<BTreeMap<String, u64>> {
+        let running: Vec<usize> = (0..self.counters.len()).filter(|&i| self.counters[i].is_running()).collect();
+        let view = self.wait_in_sync(running.len(), timeout).await?;
+        let mut expected: Option<BTreeMap<String, u64>> = None;
+        for &i in &running {
+            let status = self.counter_status(i).await?;
+            if status.last_applied != view.committed_seq {
+                bail!("counter {i} applied {} of {}", status.last_applied, view.committed_seq);
+            }
+            let mut counts = BTreeMap::new();
+            for t in tenants {
+                counts.insert(t.clone(), self.counter_count(i, t).await?.count);
+            }
+            match &expected {
+                None => expected = Some(counts),
+                Some(e) if *e == counts => {}
+                Some(e) => bail!("counter {i} counts {counts:?} differ from {e:?}"),
+            }
+        }
+        expected.context("no running counter")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for s in std::iter::once(&self.coordinator).chain(&self.counters) {
+                eprintln!("----- {} log (tail) -----\n{}", s.name, s.log_tail());
+            }
+        }
+        self.coordinator.kill();
+        for c in &mut self.counters {
+            c.kill();
+        }
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
