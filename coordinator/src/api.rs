@@ -111,13 +111,11 @@ async fn register(
     State(app): State<App>,
     Json(req): Json<RegisterRequest>,
 ) -> Result<Json<StatusBody>, ApiError> {
+    // A known in-sync counter re-registering from the same address keeps its state: what it
+    // acknowledged is on its disk, while `last_applied` in the request may already be outdated by a
+    // round that committed meanwhile. Reads check freshness anyway.
+    tracing::debug!(node = %req.node_id, url = %req.url, last_applied = req.last_applied, "registration");
     app.registry.register(&req.node_id, &req.url)?;
-    if app.registry.state(&req.node_id) == Some(CounterState::InSync)
-        && req.last_applied < app.txn.acked_seq()
-    {
-        app.registry
-            .mark_lagging(&req.node_id, "registered behind the acknowledged commits")?;
-    }
     app.txn.store().durable().await?;
     if app.registry.state(&req.node_id) == Some(CounterState::Lagging) {
         app.syncer.spawn(req.node_id);
