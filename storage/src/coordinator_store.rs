@@ -58,9 +58,6 @@ impl CoordinatorStore {
     /// Opens (or creates) the coordinator's database. Must run inside a tokio runtime.
     pub fn open(path: &Path) -> Result<Self> {
         let db = open_db(path)?;
-        // sled's id generator skips ahead on recovery only if its counter was ever on disk. Flush a
-        // new database at once, or a crash before its first flush hands out the same txids again.
-        db.flush()?;
         Ok(CoordinatorStore {
             meta: db.open_tree("meta")?,
             decisions: db.open_tree("decisions")?,

@@ -184,10 +184,14 @@ impl CounterStore {
                 got: seq,
             });
         }
-        let raw = self
-            .prepared
-            .get(u64_key(txid))?
-            .ok_or(Error::NotPrepared(txid))?;
+        let raw = match self.prepared.get(u64_key(txid))? {
+            Some(raw) => raw,
+            // Two commits of one transaction may race (the coordinator's phase 2 and the registrar's
+            // in-doubt resolution): the other one applied it, and removed the record, since `last` was
+            // read. The apply transaction removes the record and moves `applied` together.
+            None if self.last_applied()? >= seq => return Ok(ApplyOutcome::AlreadyApplied),
+            None => return Err(Error::NotPrepared(txid)),
+        };
         let items: Vec<Item> = decode("prepared", &raw)?;
         self.apply_entries(&[LogEntry { seq, txid, items }])
     }
@@ -352,7 +356,7 @@ impl CounterStore {
         self.clear_prepared_before(txid + 1)
     }
 
-    /// Drops the handle without flushing: for tests that simulate a crash.
+    /// The underlying database, for tests that inspect raw trees.
     #[doc(hidden)]
     pub fn db(&self) -> &sled::Db {
         &self.db
