@@ -39,6 +39,22 @@ pub enum SyncError {
     Gone,
 }
 
+/// Where a [`Syncer::transfer`] left the target: its last applied seq.
+enum Transferred {
+    /// Everything the source had was copied.
+    Done(Seq),
+    /// The source's log was trimmed past the target again after a snapshot.
+    Outpaced(Seq),
+}
+
+impl Transferred {
+    fn at(&self) -> Seq {
+        match *self {
+            Transferred::Done(at) | Transferred::Outpaced(at) => at,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Syncer {
     pub registry: Arc<Registry>,
@@ -79,7 +95,10 @@ impl Syncer {
                 break;
             }
             let Some(source) = self.source(id) else { break };
-            self.transfer(&source, &target()?, at).await?;
+            if let Transferred::Outpaced(_) = self.transfer(&source, &target()?, at, false).await? {
+                // Writes trim the log faster than a snapshot goes: more unlocked passes cannot finish.
+                break;
+            }
         }
 
         // Final stretch between two rounds: every in-sync counter stands at the committed seq.
@@ -89,7 +108,7 @@ impl Syncer {
         let mut at = self.client.status(&target.url).await?.last_applied;
         if at < committed {
             let source = self.source(id).ok_or(SyncError::NoSource)?;
-            at = self.transfer(&source, &target, at).await?;
+            at = self.transfer(&source, &target, at, true).await?.at();
         }
         match at.cmp(&committed) {
             std::cmp::Ordering::Equal => {
@@ -107,19 +126,28 @@ impl Syncer {
     }
 
     /// Copies everything `source` has after `at` to `target`; returns the target's new last applied seq.
+    ///
+    /// Unlocked (`locked` false), it sends at most one snapshot: when the log is trimmed past the
+    /// target again right after one, writes outpace snapshots, and another would only chase them
+    /// forever; it stops with [`Transferred::Outpaced`] so the caller takes the round lock. Under the
+    /// lock no commit trims the log, so the log always continues after a snapshot.
     async fn transfer(
         &self,
         source: &Target,
         target: &Target,
         mut at: Seq,
-    ) -> Result<Seq, SyncError> {
+        locked: bool,
+    ) -> Result<Transferred, SyncError> {
+        let mut snapshots = 0;
         loop {
             match self
                 .client
                 .log_page(&source.url, at + 1, self.page_items)
                 .await?
             {
-                LogPage::Entries(entries) if entries.is_empty() => return Ok(at),
+                LogPage::Entries(entries) if entries.is_empty() => {
+                    return Ok(Transferred::Done(at))
+                }
                 LogPage::Entries(entries) => {
                     let n = entries.len() as u64;
                     at = self
@@ -130,9 +158,14 @@ impl Syncer {
                     self.registry.add_synced(&target.id, n, 0);
                     crash::point("coordinator-mid-sync");
                 }
+                LogPage::Trimmed { floor } if snapshots > 0 && !locked => {
+                    tracing::info!(node = %target.id, at, floor, "log trimmed again during the snapshot; finishing under the round lock");
+                    return Ok(Transferred::Outpaced(at));
+                }
                 LogPage::Trimmed { floor } => {
                     tracing::info!(node = %target.id, at, floor, "log trimmed past the counter; sending a snapshot");
                     at = self.snapshot(source, target).await?;
+                    snapshots += 1;
                 }
             }
         }

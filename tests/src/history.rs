@@ -63,7 +63,11 @@ pub struct History {
 
 impl Default for History {
     fn default() -> Self {
-        History { start: Instant::now(), writes: Mutex::default(), reads: Mutex::default() }
+        History {
+            start: Instant::now(),
+            writes: Mutex::default(),
+            reads: Mutex::default(),
+        }
     }
 }
 
@@ -117,21 +121,39 @@ impl History {
 
     /// Records a POST of `(id, tenant)` items invoked at `invoked` that just completed.
     pub fn write(&self, invoked: Duration, items: &[(String, String)], outcome: Outcome) {
-        let tenant_ids = items.iter().map(|(id, tenant)| (tenant.clone(), id.clone())).collect();
-        let w = Write { invoked, completed: self.now(), tenant_ids, outcome };
+        let tenant_ids = items
+            .iter()
+            .map(|(id, tenant)| (tenant.clone(), id.clone()))
+            .collect();
+        let w = Write {
+            invoked,
+            completed: self.now(),
+            tenant_ids,
+            outcome,
+        };
         self.writes.lock().unwrap().push(w);
     }
 
     /// Records a successful GET count invoked at `invoked` that just completed. Failed reads carry no
     /// value and need no record.
     pub fn read(&self, invoked: Duration, tenant: &str, value: u64) {
-        let r = Read { invoked, completed: self.now(), tenant: tenant.to_owned(), value };
+        let r = Read {
+            invoked,
+            completed: self.now(),
+            tenant: tenant.to_owned(),
+            value,
+        };
         self.reads.lock().unwrap().push(r);
     }
 
     /// Every tenant written to.
     pub fn tenants(&self) -> BTreeSet<String> {
-        self.writes.lock().unwrap().iter().flat_map(|w| w.tenant_ids.iter().map(|(t, _)| t.clone())).collect()
+        self.writes
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w.tenant_ids.iter().map(|(t, _)| t.clone()))
+            .collect()
     }
 
     /// Checks the history against the final counts (read after the cluster healed and converged).
@@ -141,8 +163,14 @@ impl History {
         let mut report = Report {
             writes: writes.len(),
             acknowledged: writes.iter().filter(|w| w.outcome == Outcome::Ok).count(),
-            refused: writes.iter().filter(|w| w.outcome == Outcome::Failed).count(),
-            unknown: writes.iter().filter(|w| w.outcome == Outcome::Unknown).count(),
+            refused: writes
+                .iter()
+                .filter(|w| w.outcome == Outcome::Failed)
+                .count(),
+            unknown: writes
+                .iter()
+                .filter(|w| w.outcome == Outcome::Unknown)
+                .count(),
             reads: reads.len(),
             ..Report::default()
         };
@@ -161,18 +189,26 @@ impl History {
         report.tenants = by_tenant.len();
 
         let distinct = |ws: &[(&Write, BTreeSet<&str>)], keep: &dyn Fn(&Write) -> bool| -> usize {
-            ws.iter().filter(|(w, _)| keep(w)).flat_map(|(_, ids)| ids.iter().copied()).collect::<BTreeSet<_>>().len()
+            ws.iter()
+                .filter(|(w, _)| keep(w))
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect::<BTreeSet<_>>()
+                .len()
         };
 
         for (tenant, ws) in &by_tenant {
             let Some(&count) = final_counts.get(*tenant) else {
-                report.violations.push(format!("tenant {tenant:?}: no final count"));
+                report
+                    .violations
+                    .push(format!("tenant {tenant:?}: no final count"));
                 continue;
             };
             let acked = distinct(ws, &|w| w.outcome == Outcome::Ok) as u64;
             let possible = distinct(ws, &|w| w.outcome != Outcome::Failed) as u64;
             if count < acked {
-                report.violations.push(format!("tenant {tenant:?}: lost write: counts {count}, {acked} ids acknowledged"));
+                report.violations.push(format!(
+                    "tenant {tenant:?}: lost write: counts {count}, {acked} ids acknowledged"
+                ));
             }
             if count > possible {
                 report.violations.push(format!(
@@ -183,7 +219,7 @@ impl History {
             if batches.len() == 1 {
                 let size = batches.iter().next().map_or(0, |b| b.len()) as u64;
                 let any_acked = ws.iter().any(|(w, _)| w.outcome == Outcome::Ok);
-                if count != 0 && count != size || any_acked && count != size {
+                if count != size && (count != 0 || any_acked) {
                     report.violations.push(format!(
                         "tenant {tenant:?}: torn batch: counts {count} of a batch of {size} (acknowledged: {any_acked})"
                     ));
@@ -192,9 +228,15 @@ impl History {
         }
 
         for r in &reads {
-            let ws = by_tenant.get(r.tenant.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let lower = distinct(ws, &|w| w.outcome == Outcome::Ok && w.completed < r.invoked) as u64;
-            let upper = distinct(ws, &|w| w.outcome != Outcome::Failed && w.invoked < r.completed) as u64;
+            let ws = by_tenant
+                .get(r.tenant.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let lower =
+                distinct(ws, &|w| w.outcome == Outcome::Ok && w.completed < r.invoked) as u64;
+            let upper = distinct(ws, &|w| {
+                w.outcome != Outcome::Failed && w.invoked < r.completed
+            }) as u64;
             if r.value < lower || r.value > upper {
                 report.violations.push(format!(
                     "read of {:?} at {:?}..{:?} saw {}, expected {lower}..={upper}",
@@ -211,7 +253,9 @@ mod tests {
     use super::*;
 
     fn items(tenant: &str, ids: &[&str]) -> Vec<(String, String)> {
-        ids.iter().map(|id| (id.to_string(), tenant.to_owned())).collect()
+        ids.iter()
+            .map(|id| (id.to_string(), tenant.to_owned()))
+            .collect()
     }
 
     fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -228,7 +272,15 @@ mod tests {
         h.read(h.now(), "a", 2);
         let report = h.check(&counts(&[("a", 3), ("b", 0)]));
         assert!(report.ok(), "{report}");
-        assert_eq!((report.writes, report.acknowledged, report.refused, report.unknown), (3, 1, 1, 1));
+        assert_eq!(
+            (
+                report.writes,
+                report.acknowledged,
+                report.refused,
+                report.unknown
+            ),
+            (3, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -240,7 +292,12 @@ mod tests {
         h.write(h.now(), &items("fresh", &["1"]), Outcome::Ok);
         h.read(h.now(), "fresh", 0);
         h.read(h.now(), "phantom", 1);
-        let report = h.check(&counts(&[("lost", 1), ("phantom", 1), ("torn", 2), ("fresh", 1)]));
+        let report = h.check(&counts(&[
+            ("lost", 1),
+            ("phantom", 1),
+            ("torn", 2),
+            ("fresh", 1),
+        ]));
         let all = report.violations.join("\n");
         assert!(all.contains("\"lost\": lost write"), "{all}");
         assert!(all.contains("\"phantom\": phantom write"), "{all}");

@@ -19,7 +19,10 @@ use storage::proto::{ClusterView, CounterCount, CounterStatus};
 /// Where cargo put the binaries: the test executable lives in `<target>/<profile>/deps/`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -55,7 +58,10 @@ impl Service {
     fn spawn(&mut self, env: &[(&str, &str)]) -> Result<()> {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let _ = std::fs::remove_file(&self.addr_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let binary = match self.kind {
             Kind::Coordinator => bin("coordinator"),
             Kind::Counter => bin("counter"),
@@ -74,7 +80,10 @@ impl Service {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().with_context(|| format!("spawn {}", self.name))?);
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawn {}", self.name))?,
+        );
         Ok(())
     }
 
@@ -88,11 +97,23 @@ impl Service {
                     return Ok(());
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("{} exited with {status} before listening:\n{}", self.name, self.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "{} exited with {status} before listening:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if Instant::now() > deadline {
-                bail!("{} did not start listening:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} did not start listening:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -192,13 +213,24 @@ impl Cluster {
             child: None,
             addr: None,
         };
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
-        let mut cluster = Cluster { dir, coordinator, counters: Vec::new(), options, http };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut cluster = Cluster {
+            dir,
+            coordinator,
+            counters: Vec::new(),
+            options,
+            http,
+        };
         cluster.start_coordinator(&[]).await?;
         for _ in 0..cluster.options.counters {
             cluster.add_counter().await?;
         }
-        cluster.wait_in_sync(cluster.options.counters, START_TIMEOUT).await?;
+        cluster
+            .wait_in_sync(cluster.options.counters, START_TIMEOUT)
+            .await?;
         Ok(cluster)
     }
 
@@ -208,6 +240,8 @@ impl Cluster {
 
     /// Starts (or restarts) the coordinator with extra environment, e.g. a crash point.
     pub async fn start_coordinator(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        // Pooled connections to a previous coordinator process would fail the next request.
+        self.forget_connections();
         self.coordinator.spawn(env)?;
         self.coordinator.wait_listening(START_TIMEOUT)
     }
@@ -257,12 +291,20 @@ impl Cluster {
 
     /// POST /items; returns the status code and the JSON body.
     pub async fn post(&self, items: &[(&str, &str)]) -> Result<(u16, Value)> {
-        let body: Vec<Value> = items.iter().map(|(id, tenant)| serde_json::json!({"id": id, "tenant": tenant})).collect();
+        let body: Vec<Value> = items
+            .iter()
+            .map(|(id, tenant)| serde_json::json!({"id": id, "tenant": tenant}))
+            .collect();
         self.post_raw(&serde_json::to_string(&body)?).await
     }
 
     pub async fn post_raw(&self, body: &str) -> Result<(u16, Value)> {
-        let resp = self.http.post(format!("{}/items", self.url())).body(body.to_owned()).send().await?;
+        let resp = self
+            .http
+            .post(format!("{}/items", self.url()))
+            .body(body.to_owned())
+            .send()
+            .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await?))
     }
@@ -278,7 +320,9 @@ impl Cluster {
 
     /// GET /items/{tenant}/count with the tenant percent-encoded.
     pub async fn count(&self, tenant: &str) -> Result<u64> {
-        let (status, body) = self.get(&format!("/items/{}/count", encode(tenant))).await?;
+        let (status, body) = self
+            .get(&format!("/items/{}/count", encode(tenant)))
+            .await?;
         if status != 200 {
             bail!("count answered {status} {body}");
         }
@@ -286,13 +330,23 @@ impl Cluster {
     }
 
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let resp = self.http.get(format!("{}{path}", self.url())).send().await?;
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await?))
     }
 
     pub async fn view(&self) -> Result<ClusterView> {
-        Ok(self.http.get(format!("{}/internal/cluster", self.url())).send().await?.json().await?)
+        Ok(self
+            .http
+            .get(format!("{}/internal/cluster", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     /// Waits until at least `n` counters are in sync.
@@ -315,24 +369,44 @@ impl Cluster {
 
     /// A counter's own view, bypassing the coordinator.
     pub async fn counter_status(&self, i: usize) -> Result<CounterStatus> {
-        Ok(self.http.get(format!("{}/internal/status", self.counters[i].url())).send().await?.json().await?)
+        Ok(self
+            .http
+            .get(format!("{}/internal/status", self.counters[i].url()))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn counter_count(&self, i: usize, tenant: &str) -> Result<CounterCount> {
-        let url = format!("{}/internal/count/{}", self.counters[i].url(), encode(tenant));
+        let url = format!(
+            "{}/internal/count/{}",
+            self.counters[i].url(),
+            encode(tenant)
+        );
         Ok(self.http.get(url).send().await?.json().await?)
     }
 
     /// Waits until every running counter is in sync at the coordinator's committed seq and all agree
     /// on the counts of `tenants`; returns those counts.
-    pub async fn converged(&mut self, tenants: &[String], timeout: Duration) -> Result<BTreeMap<String, u64>> {
-        let running: Vec<usize> = (0..self.counters.len()).filter(|&i| self.counters[i].is_running()).collect();
+    pub async fn converged(
+        &mut self,
+        tenants: &[String],
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, u64>> {
+        let running: Vec<usize> = (0..self.counters.len())
+            .filter(|&i| self.counters[i].is_running())
+            .collect();
         let view = self.wait_in_sync(running.len(), timeout).await?;
         let mut expected: Option<BTreeMap<String, u64>> = None;
         for &i in &running {
             let status = self.counter_status(i).await?;
             if status.last_applied != view.committed_seq {
-                bail!("counter {i} applied {} of {}", status.last_applied, view.committed_seq);
+                bail!(
+                    "counter {i} applied {} of {}",
+                    status.last_applied,
+                    view.committed_seq
+                );
             }
             let mut counts = BTreeMap::new();
             for t in tenants {
@@ -373,4 +447,239 @@ pub fn encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+impl Service {
+    /// The process id while it runs: lets a test tell a restart from the same process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The data directory the service is started on (kept across restarts).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// A cloneable handle on the coordinator's public API, for client tasks running concurrently with a
+/// test that holds the [`Cluster`] (the coordinator keeps its port across restarts).
+#[derive(Clone)]
+pub struct ApiClient {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// POSTs `(id, tenant)` items, records the outcome in `history`, and returns it with the status
+    /// (`None`: no answer, e.g. connection refused or reset).
+    pub async fn post_recorded(
+        &self,
+        history: &history::History,
+        items: &[(String, String)],
+    ) -> (history::Outcome, Option<u16>) {
+        let body: Vec<Value> = items
+            .iter()
+            .map(|(id, tenant)| serde_json::json!({"id": id, "tenant": tenant}))
+            .collect();
+        let invoked = history.now();
+        let status = match self
+            .http
+            .post(format!("{}/items", self.url))
+            .json(&body)
+            .send()
+            .await
+        {
+            // The answer is only complete once its body arrived.
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                resp.bytes().await.ok().map(|_| status)
+            }
+            Err(_) => None,
+        };
+        let outcome = history::Outcome::from_status(status);
+        history.write(invoked, items, outcome);
+        (outcome, status)
+    }
+
+    /// GET the count of `tenant`; an answered read is recorded in `history` and returned.
+    pub async fn get_count_recorded(
+        &self,
+        history: &history::History,
+        tenant: &str,
+    ) -> Option<u64> {
+        let invoked = history.now();
+        let resp = self
+            .http
+            .get(format!("{}/items/{}/count", self.url, encode(tenant)))
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return None;
+        }
+        let body: Value = resp.json().await.ok()?;
+        let count = body["count"].as_u64()?;
+        history.read(invoked, tenant, count);
+        Some(count)
+    }
+}
+
+impl Cluster {
+    /// A client with its own connection pool: take a new one after the coordinator restarted, since a
+    /// pooled connection to the dead process can fail the next request (see
+    /// [`Cluster::forget_connections`]).
+    pub fn api_client(&self) -> ApiClient {
+        ApiClient {
+            url: self.url(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a plain HTTP client always builds"),
+        }
+    }
+}
+
+/// `n` items with distinct ids, all for `tenant`.
+pub fn batch(tenant: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{tenant}/{i}"), tenant.to_owned()))
+        .collect()
+}
+
+/// Concurrent writers, each POSTing batches to fresh tenants in a loop until stopped. Every POST is
+/// recorded in the shared history; the completion time of every acknowledged one is kept too.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    acked_at: SharedVec<Instant>,
+    outcomes: SharedVec<(history::Outcome, Option<u16>)>,
+}
+
+type SharedVec<T> = std::sync::Arc<std::sync::Mutex<Vec<T>>>;
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadStats {
+    /// Every POST's outcome and status, in completion order.
+    pub outcomes: Vec<(history::Outcome, Option<u16>)>,
+    /// Completion times of the acknowledged POSTs, sorted.
+    pub acked_at: Vec<Instant>,
+}
+
+impl LoadStats {
+    pub fn count(&self, outcome: history::Outcome) -> usize {
+        self.outcomes.iter().filter(|(o, _)| *o == outcome).count()
+    }
+}
+
+impl Load {
+    /// `writers` tasks, each POSTing `batch_size` items to a fresh tenant `<prefix>-<writer>-<n>` and
+    /// pausing `pause` between POSTs (so a dead coordinator is not hammered in a tight loop). With
+    /// `read_back`, each acknowledged POST is followed by a GET of its tenant's count, recorded in the
+    /// history (a fresh read must count the whole batch).
+    pub fn start(
+        client: ApiClient,
+        history: std::sync::Arc<history::History>,
+        prefix: &str,
+        writers: usize,
+        batch_size: usize,
+        pause: Duration,
+        read_back: bool,
+    ) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..writers)
+            .map(|w| {
+                let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
+                let (acked_at, outcomes) = (acked_at.clone(), outcomes.clone());
+                let prefix = format!("{prefix}-{w}");
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let items = batch(&format!("{prefix}-{n}"), batch_size);
+                        let (outcome, status) = client.post_recorded(&history, &items).await;
+                        if outcome == history::Outcome::Ok {
+                            acked_at.lock().unwrap().push(Instant::now());
+                            if read_back {
+                                client.get_count_recorded(&history, &items[0].1).await;
+                            }
+                        }
+                        outcomes.lock().unwrap().push((outcome, status));
+                        n += 1;
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            acked_at,
+            outcomes,
+        }
+    }
+
+    /// Number of POSTs acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked_at.lock().unwrap().len()
+    }
+
+    /// Stops the writers (each finishes its POST in flight) and returns what they saw.
+    pub async fn stop(self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("writer task panicked");
+        }
+        let mut acked_at = std::mem::take(&mut *self.acked_at.lock().unwrap());
+        acked_at.sort();
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap());
+        LoadStats { outcomes, acked_at }
+    }
+}
+
+impl Cluster {
+    /// Waits until counter `i`, as it runs now (at its current URL), is in sync at the coordinator;
+    /// returns the coordinator's view of it. Unlike [`Cluster::wait_in_sync`], a stale entry left by
+    /// an earlier process of the same counter does not count.
+    pub async fn wait_counter_in_sync(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<storage::proto::CounterView> {
+        let url = self.counters[i].url();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.view().await;
+            if let Ok(view) = &view {
+                if let Some(c) = view
+                    .counters
+                    .iter()
+                    .find(|c| c.url == url && c.state == "InSync")
+                {
+                    return Ok(c.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("counter {i} at {url} not in sync in {timeout:?}: {view:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Cluster {
+    /// Drops the HTTP client's pooled connections. After the coordinator was killed and restarted on
+    /// the same port, a pooled keep-alive connection to the dead process can be picked for the next
+    /// request before the client noticed it closed ("connection closed before message completed").
+    pub fn forget_connections(&mut self) {
+        self.http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client always builds");
+    }
 }

@@ -73,7 +73,7 @@ async fn writer(
     ids: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1) * 0x9e37_79b9);
+    let mut rng = StdRng::seed_from_u64(seed ^ ((w as u64 + 1) * 0x9e37_79b9));
     let mut acked: Vec<Vec<(String, String)>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let choice = rng.random_range(0..10);

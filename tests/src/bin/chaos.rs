@@ -1,0 +1,955 @@
+//! `make chaos`: the docker kill drill against the cluster `make up` runs.
+//!
+//! Concurrent writers and readers use the public API on the published port while the drill
+//! `docker kill`s a random counter container, sometimes two, sometimes the coordinator, sometimes
+//! everything, and starts them again with `docker start` (a killed container counts as stopped by hand,
+//! so restart policies do not bring it back). Then it heals (every container started), waits until every
+//! counter is in sync at the coordinator's committed seq, and checks:
+//!
+//! - the history ([`History::check`]) against the final counts read through the coordinator: no lost
+//!   write, no phantom write, atomic batches, every read within bounds;
+//! - batches spanning two fresh tenants: both counted in full or both not at all;
+//! - every counter, asked directly at its advertised URL, holds the same counts as the coordinator
+//!   answered, and advertises an address of its own container;
+//! - the containers' logs since the start of the drill hold no panic and no fatal start error.
+//!
+//! It prints one summary line and exits non-zero on any violation. Writes go to tenants named after the
+//! run, so the drill can run on a cluster holding other data.
+//!
+//! Settings (flag or environment): `--url`/`CHAOS_URL` (http://127.0.0.1:8080), `--project`/
+//! `CHAOS_PROJECT` (compose project, dcounter), `--secs`/`CHAOS_SECS` (fault phase, 120),
+//! `--seed`/`CHAOS_SEED` (fault schedule and operation mix; random), `--writers`/`CHAOS_WRITERS` (4),
+//! `--readers`/`CHAOS_READERS` (2), `--converge-secs`/`CHAOS_CONVERGE_SECS` (150).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use dc_tests::encode;
+use dc_tests::history::{History, Outcome};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use storage::proto::{ClusterView, CounterCount, CounterStatus};
+
+/// Per-request timeout of every HTTP call the drill makes.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tenants every writer spreads its ordinary batches over (some need percent-encoding).
+const SHARED_TENANTS: usize = 16;
+/// Batches a writer remembers for re-sends.
+const REMEMBERED: usize = 200;
+
+struct Settings {
+    url: String,
+    project: String,
+    secs: u64,
+    seed: u64,
+    writers: usize,
+    readers: usize,
+    converge_secs: u64,
+}
+
+impl Settings {
+    fn load() -> Result<Settings> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let get = |flag: &str, var: &str| -> Option<String> {
+            let i = args.iter().position(|a| a == flag);
+            i.and_then(|i| args.get(i + 1).cloned())
+                .or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        };
+        fn parse<T: FromStr>(value: Option<String>, what: &str, default: T) -> Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match value {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("bad {what} {v:?}: {e}")),
+            }
+        }
+        if let Some(bad) = args.iter().step_by(2).find(|a| {
+            ![
+                "--url",
+                "--project",
+                "--secs",
+                "--seed",
+                "--writers",
+                "--readers",
+                "--converge-secs",
+            ]
+            .contains(&a.as_str())
+        }) {
+            bail!("unknown argument {bad:?} (see the doc comment of tests/src/bin/chaos.rs)");
+        }
+        Ok(Settings {
+            url: get("--url", "CHAOS_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            project: get("--project", "CHAOS_PROJECT").unwrap_or_else(|| "dcounter".into()),
+            secs: parse(get("--secs", "CHAOS_SECS"), "duration", 120)?,
+            seed: parse(
+                get("--seed", "CHAOS_SEED"),
+                "seed",
+                rand::random::<u32>() as u64,
+            )?,
+            writers: parse(get("--writers", "CHAOS_WRITERS"), "writer count", 4)?,
+            readers: parse(get("--readers", "CHAOS_READERS"), "reader count", 2)?,
+            converge_secs: parse(
+                get("--converge-secs", "CHAOS_CONVERGE_SECS"),
+                "duration",
+                150,
+            )?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker
+
+async fn docker(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new("docker")
+        .args(args)
+        .output()
+        .await
+        .context("cannot run docker")?;
+    if !out.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Clone, Debug)]
+struct Container {
+    id: String,
+    name: String,
+    service: String,
+}
+
+/// Every container of the compose project, running or not.
+async fn containers(project: &str) -> Result<Vec<Container>> {
+    let filter = format!("label=com.docker.compose.project={project}");
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.ID}} {{.Names}} {{.Label \"com.docker.compose.service\"}}",
+    ])
+    .await?;
+    let mut list: Vec<Container> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some(Container {
+                id: f.next()?.to_owned(),
+                name: f.next()?.to_owned(),
+                service: f.next()?.to_owned(),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(list)
+}
+
+async fn is_running(id: &str) -> bool {
+    docker(&["inspect", "-f", "{{.State.Running}}", id])
+        .await
+        .is_ok_and(|s| s.trim() == "true")
+}
+
+async fn container_ips(id: &str) -> Result<Vec<String>> {
+    let out = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        id,
+    ])
+    .await?;
+    Ok(out.split_whitespace().map(str::to_owned).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// One counter, back within seconds.
+    Counter,
+    /// One counter, down long enough for the health checks to remove it from the table.
+    CounterLong,
+    TwoCounters,
+    Coordinator,
+    CoordinatorAndCounter,
+    /// Every container at once.
+    All,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Counter => "counter",
+            Fault::CounterLong => "counter-long",
+            Fault::TwoCounters => "two-counters",
+            Fault::Coordinator => "coordinator",
+            Fault::CoordinatorAndCounter => "coordinator+counter",
+            Fault::All => "all",
+        }
+    }
+}
+
+#[derive(Default)]
+struct FaultLog {
+    by_kind: BTreeMap<Fault, u64>,
+    kills: u64,
+    starts: u64,
+    docker_errors: u64,
+}
+
+/// Kills and restarts containers until `end`, then starts every container of the project again.
+async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLog> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let all = containers(project).await?;
+    let coordinator = all
+        .iter()
+        .find(|c| c.service == "coordinator")
+        .context("no coordinator container")?
+        .clone();
+    let counters: Vec<Container> = all
+        .iter()
+        .filter(|c| c.service == "counter")
+        .cloned()
+        .collect();
+    let mut log = FaultLog::default();
+    // Killed containers and when to start them again.
+    let mut down: Vec<(Container, Instant)> = Vec::new();
+
+    loop {
+        let pause = Duration::from_millis(rng.random_range(2_000..6_000));
+        let now = Instant::now();
+        if now + pause >= end {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+
+        // Start what is due.
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = down.into_iter().partition(|(_, at)| *at <= now);
+        down = later;
+        for (c, _) in due {
+            start(&c, &mut log).await;
+        }
+
+        let is_down =
+            |c: &Container, down: &[(Container, Instant)]| down.iter().any(|(d, _)| d.id == c.id);
+        let up: Vec<&Container> = counters.iter().filter(|c| !is_down(c, &down)).collect();
+        let coordinator_up = !is_down(&coordinator, &down);
+        let roll = rng.random_range(0..100);
+        let fault = match roll {
+            0..=44 if !up.is_empty() => Fault::Counter,
+            45..=49 if !up.is_empty() => Fault::CounterLong,
+            50..=64 if up.len() >= 2 => Fault::TwoCounters,
+            65..=81 if coordinator_up => Fault::Coordinator,
+            82..=91 if coordinator_up && !up.is_empty() => Fault::CoordinatorAndCounter,
+            92..=99 => Fault::All,
+            _ => continue,
+        };
+        let mut victims: Vec<(Container, Duration)> = Vec::new();
+        let mut pick_counters = |n: usize, rng: &mut StdRng, long: bool| {
+            let mut pool = up.clone();
+            for _ in 0..n.min(pool.len()) {
+                let c = pool.swap_remove(rng.random_range(0..pool.len()));
+                let delay = if long {
+                    Duration::from_millis(rng.random_range(35_000..45_000))
+                } else {
+                    Duration::from_millis(rng.random_range(500..10_000))
+                };
+                victims.push((c.clone(), delay));
+            }
+        };
+        match fault {
+            Fault::Counter => pick_counters(1, &mut rng, false),
+            Fault::CounterLong => pick_counters(1, &mut rng, true),
+            Fault::TwoCounters => pick_counters(2, &mut rng, false),
+            Fault::CoordinatorAndCounter => pick_counters(1, &mut rng, false),
+            Fault::Coordinator => {}
+            Fault::All => {
+                let mut pool = up.clone();
+                pool.sort_by_key(|c| c.name.clone());
+                for c in pool {
+                    victims.push((
+                        c.clone(),
+                        Duration::from_millis(rng.random_range(1_000..6_000)),
+                    ));
+                }
+            }
+        }
+        if matches!(
+            fault,
+            Fault::Coordinator | Fault::CoordinatorAndCounter | Fault::All
+        ) && coordinator_up
+        {
+            victims.push((
+                coordinator.clone(),
+                Duration::from_millis(rng.random_range(1_000..5_000)),
+            ));
+        }
+        let names: Vec<&str> = victims.iter().map(|(c, _)| c.name.as_str()).collect();
+        eprintln!("chaos: fault {} kills {}", fault.name(), names.join(", "));
+        *log.by_kind.entry(fault).or_default() += 1;
+        // Kill them all first, so "all" and "coordinator+counter" are simultaneous.
+        for (c, _) in &victims {
+            match docker(&["kill", &c.id]).await {
+                Ok(_) => log.kills += 1,
+                Err(e) => {
+                    log.docker_errors += 1;
+                    eprintln!("chaos: {e}");
+                }
+            }
+        }
+        let now = Instant::now();
+        down.extend(victims.into_iter().map(|(c, d)| (c, now + d)));
+    }
+
+    // Heal: start every container that is not running (whoever stopped it).
+    for c in containers(project).await? {
+        if !is_running(&c.id).await {
+            start(&c, &mut log).await;
+        }
+    }
+    Ok(log)
+}
+
+async fn start(c: &Container, log: &mut FaultLog) {
+    match docker(&["start", &c.id]).await {
+        Ok(_) => {
+            log.starts += 1;
+            eprintln!("chaos: started {}", c.name);
+        }
+        Err(e) => {
+            log.docker_errors += 1;
+            eprintln!("chaos: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+type Items = Vec<(String, String)>;
+
+/// What writers share with readers and the final checks.
+#[derive(Default)]
+struct Shared {
+    /// Fresh tenants written so far (readers pick from them).
+    fresh: Mutex<Vec<String>>,
+    /// Batches over two fresh tenants: (tenant, ids in it) twice. Counted both in full or neither.
+    pairs: Mutex<Vec<[(String, u64); 2]>>,
+    read_failures: AtomicU64,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    history: Arc<History>,
+}
+
+impl Client {
+    async fn post(&self, items: &Items) -> Outcome {
+        let body: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(id, tenant)| serde_json::json!({"id": id, "tenant": tenant}))
+            .collect();
+        let invoked = self.history.now();
+        let status = match self
+            .http
+            .post(format!("{}/items", self.base))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let _ = resp.bytes().await;
+                Some(status)
+            }
+            Err(_) => None,
+        };
+        let outcome = Outcome::from_status(status);
+        self.history.write(invoked, items, outcome);
+        outcome
+    }
+
+    /// GET count through the coordinator; recorded in the history when answered.
+    async fn read(&self, tenant: &str) -> Option<u64> {
+        let invoked = self.history.now();
+        let url = format!("{}/items/{}/count", self.base, encode(tenant));
+        let resp = self.http.get(url).send().await.ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        let count = resp.json::<serde_json::Value>().await.ok()?["count"].as_u64()?;
+        self.history.read(invoked, tenant, count);
+        Some(count)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchKind {
+    Shared,
+    Fresh,
+}
+
+struct Writer {
+    client: Arc<Client>,
+    shared: Arc<Shared>,
+    rng: StdRng,
+    w: usize,
+    run: String,
+    next: u64,
+    acked: Vec<(BatchKind, Items)>,
+    unknown: Vec<(BatchKind, Items)>,
+}
+
+fn shared_tenant(run: &str, k: usize) -> String {
+    // A few names need percent-encoding in the count path.
+    match k % 4 {
+        0 => format!("{run}-shared-{k}"),
+        1 => format!("{run} shared é {k}"),
+        2 => format!("{run}/shared?{k}"),
+        _ => format!("{run}-shared-\u{1F600}-{k}"),
+    }
+}
+
+impl Writer {
+    fn id(&mut self) -> String {
+        self.next += 1;
+        format!("{}-w{}-{}", self.run, self.w, self.next)
+    }
+
+    fn remember(list: &mut Vec<(BatchKind, Items)>, kind: BatchKind, items: &Items) {
+        if list.len() >= REMEMBERED {
+            list.remove(0);
+        }
+        list.push((kind, items.clone()));
+    }
+
+    async fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut fresh = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let roll = self.rng.random_range(0..100);
+            let (kind, items): (BatchKind, Items) = if roll < 50 {
+                // Unique ids over one to three shared tenants.
+                let tenants: Vec<String> = (0..self.rng.random_range(1..=3))
+                    .map(|_| shared_tenant(&self.run, self.rng.random_range(0..SHARED_TENANTS)))
+                    .collect();
+                let n = self.rng.random_range(1..=30);
+                let items = (0..n)
+                    .map(|_| {
+                        let t = tenants[self.rng.random_range(0..tenants.len())].clone();
+                        (self.id(), t)
+                    })
+                    .collect();
+                (BatchKind::Shared, items)
+            } else if roll < 60 && !self.acked.is_empty() {
+                // Re-send an acknowledged batch as it was.
+                let i = self.rng.random_range(0..self.acked.len());
+                self.acked[i].clone()
+            } else if roll < 66 && self.acked.iter().any(|(k, _)| *k == BatchKind::Shared) {
+                // Acknowledged ids of a shared batch mixed with new ones.
+                let old: Vec<&Items> = self
+                    .acked
+                    .iter()
+                    .filter(|(k, _)| *k == BatchKind::Shared)
+                    .map(|(_, b)| b)
+                    .collect();
+                let mut items: Items = old[self.rng.random_range(0..old.len())].clone();
+                items.truncate(items.len().div_ceil(2));
+                for _ in 0..self.rng.random_range(1..=10) {
+                    let t = shared_tenant(&self.run, self.rng.random_range(0..SHARED_TENANTS));
+                    items.push((self.id(), t));
+                }
+                (BatchKind::Shared, items)
+            } else if roll < 72 && !self.unknown.is_empty() {
+                // A client retrying a POST whose outcome it does not know.
+                let i = self.rng.random_range(0..self.unknown.len());
+                self.unknown.swap_remove(i)
+            } else {
+                // A batch to fresh tenants: the tenant's count shows whether it was applied whole.
+                fresh += 1;
+                let t1 = format!("{}-fresh-w{}-{fresh}", self.run, self.w);
+                let mut items: Items = (0..self.rng.random_range(2..=25))
+                    .map(|_| (self.id(), t1.clone()))
+                    .collect();
+                let mut tenants = vec![t1.clone()];
+                if self.rng.random_bool(0.4) {
+                    let t2 = format!("{t1}-b");
+                    let n2 = self.rng.random_range(1..=15);
+                    items.extend((0..n2).map(|_| (self.id(), t2.clone())));
+                    let n1 = items.len() as u64 - n2;
+                    self.shared
+                        .pairs
+                        .lock()
+                        .unwrap()
+                        .push([(t1, n1), (t2.clone(), n2)]);
+                    tenants.push(t2);
+                }
+                self.shared.fresh.lock().unwrap().extend(tenants);
+                (BatchKind::Fresh, items)
+            };
+            match self.client.post(&items).await {
+                Outcome::Ok => Self::remember(&mut self.acked, kind, &items),
+                Outcome::Unknown => Self::remember(&mut self.unknown, kind, &items),
+                Outcome::Failed => {}
+            }
+            let pause = self.rng.random_range(5..40);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+}
+
+async fn reader(
+    client: Arc<Client>,
+    shared: Arc<Shared>,
+    run: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let fresh = {
+            let list = shared.fresh.lock().unwrap();
+            (!list.is_empty() && rng.random_bool(0.5))
+                .then(|| list[rng.random_range(0..list.len())].clone())
+        };
+        let tenant =
+            fresh.unwrap_or_else(|| shared_tenant(&run, rng.random_range(0..SHARED_TENANTS)));
+        if client.read(&tenant).await.is_none() {
+            shared.read_failures.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..40))).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convergence and final state
+
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("GET {url} answered {status}");
+    }
+    resp.json()
+        .await
+        .with_context(|| format!("GET {url}: bad body"))
+}
+
+/// A counter as the coordinator lists it, checked against its container.
+struct Member {
+    node_id: String,
+    url: String,
+}
+
+/// Waits until the coordinator lists exactly the counter containers (by address), all in sync, and
+/// each counter reports the coordinator's committed seq itself.
+async fn converge(
+    project: &str,
+    http: &reqwest::Client,
+    base: &str,
+    timeout: Duration,
+) -> Result<(ClusterView, Vec<Member>)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match converged_once(project, http, base).await {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(why)) => why,
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("not converged after {timeout:?}: {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn converged_once(
+    project: &str,
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<Result<(ClusterView, Vec<Member>), String>> {
+    let mut ips: BTreeMap<String, String> = BTreeMap::new();
+    let counters: Vec<Container> = containers(project)
+        .await?
+        .into_iter()
+        .filter(|c| c.service == "counter")
+        .collect();
+    for c in &counters {
+        if !is_running(&c.id).await {
+            return Ok(Err(format!("{} is not running", c.name)));
+        }
+        for ip in container_ips(&c.id).await? {
+            ips.insert(ip, c.name.clone());
+        }
+    }
+    let view: ClusterView = get_json(http, &format!("{base}/internal/cluster")).await?;
+    if view.counters.len() != counters.len() {
+        return Ok(Err(format!(
+            "{} counters registered, {} containers: {view:?}",
+            view.counters.len(),
+            counters.len()
+        )));
+    }
+    let mut members = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in &view.counters {
+        if c.state != "InSync" {
+            return Ok(Err(format!("{} is {}: {view:?}", c.node_id, c.state)));
+        }
+        let host = c
+            .url
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let Some(name) = ips.get(&host) else {
+            return Ok(Err(format!(
+                "{} advertises {}, no counter container's address",
+                c.node_id, c.url
+            )));
+        };
+        if !seen.insert(name.clone()) {
+            return Ok(Err(format!(
+                "two counters advertise the address of {name}: {view:?}"
+            )));
+        }
+        let status: CounterStatus = get_json(http, &format!("{}/internal/status", c.url)).await?;
+        if status.node_id != c.node_id {
+            return Ok(Err(format!(
+                "{} answers at the address of {}",
+                status.node_id, c.node_id
+            )));
+        }
+        if status.last_applied != view.committed_seq {
+            return Ok(Err(format!(
+                "{} applied {} of {}",
+                c.node_id, status.last_applied, view.committed_seq
+            )));
+        }
+        members.push(Member {
+            node_id: c.node_id.clone(),
+            url: c.url.clone(),
+        });
+    }
+    Ok(Ok((view, members)))
+}
+
+/// Final counts through the coordinator, then from every counter directly. Returns the coordinator's
+/// counts and the divergences found.
+async fn final_counts(
+    http: &reqwest::Client,
+    base: &str,
+    members: &[Member],
+    committed_seq: u64,
+    tenants: Vec<String>,
+) -> (BTreeMap<String, u64>, Vec<String>) {
+    const TASKS: usize = 8;
+    let members: Arc<Vec<(String, String)>> = Arc::new(
+        members
+            .iter()
+            .map(|m| (m.node_id.clone(), m.url.clone()))
+            .collect(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in 0..TASKS {
+        let mine: Vec<String> = tenants.iter().skip(part).step_by(TASKS).cloned().collect();
+        let (http, base, members) = (http.clone(), base.to_owned(), members.clone());
+        tasks.spawn(async move {
+            let mut counts = BTreeMap::new();
+            let mut problems = Vec::new();
+            for t in mine {
+                let mut count = None;
+                for _ in 0..5 {
+                    let url = format!("{base}/items/{}/count", encode(&t));
+                    match get_json::<serde_json::Value>(&http, &url).await {
+                        Ok(v) if v["count"].is_u64() => {
+                            count = v["count"].as_u64();
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+                // A missing count is reported by the history check.
+                let Some(count) = count else { continue };
+                for (node, url) in members.iter() {
+                    let url = format!("{url}/internal/count/{}", encode(&t));
+                    match get_json::<CounterCount>(&http, &url).await {
+                        Ok(c) if c.count == count && c.last_applied == committed_seq => {}
+                        Ok(c) => problems.push(format!(
+                            "divergence: counter {node} counts {} for {t:?} at seq {}, the coordinator answered {count} at seq {committed_seq}",
+                            c.count, c.last_applied
+                        )),
+                        Err(e) => problems.push(format!("divergence: counter {node} did not answer for {t:?}: {e:#}")),
+                    }
+                }
+                counts.insert(t, count);
+            }
+            (counts, problems)
+        });
+    }
+    let mut counts = BTreeMap::new();
+    let mut problems = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (c, p) = done.expect("count task panicked");
+        counts.extend(c);
+        problems.extend(p);
+    }
+    (counts, problems)
+}
+
+struct LogScan {
+    panics: Vec<String>,
+    fatal: Vec<String>,
+    errors: usize,
+}
+
+/// Panics and fatal start errors in the logs of every container of the project since `since`.
+async fn scan_logs(project: &str, since: u64) -> Result<LogScan> {
+    let mut scan = LogScan {
+        panics: Vec::new(),
+        fatal: Vec::new(),
+        errors: 0,
+    };
+    for c in containers(project).await? {
+        let out = tokio::process::Command::new("docker")
+            .args(["logs", "--since", &since.to_string(), &c.id])
+            .output()
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in text.lines() {
+            if line.contains("panicked at") || line.contains("RUST_BACKTRACE") {
+                scan.panics.push(format!("{}: {line}", c.name));
+            } else if line.contains("counter failed:") || line.contains("coordinator failed:") {
+                scan.fatal.push(format!("{}: {line}", c.name));
+            } else if line.contains(" ERROR ") {
+                scan.errors += 1;
+            }
+        }
+    }
+    Ok(scan)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() {
+    match drill().await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            println!("chaos FAILED: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn drill() -> Result<bool> {
+    let s = Settings::load()?;
+    let began = Instant::now();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)?
+        .as_secs()
+        .saturating_sub(1);
+    let run = format!("chaos-{since}-{}", s.seed);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
+    eprintln!(
+        "chaos: seed {} (replay with CHAOS_SEED={}), {} s of faults, tenants {run}-*",
+        s.seed, s.seed, s.secs
+    );
+
+    let all = containers(&s.project).await?;
+    let n_counters = all.iter().filter(|c| c.service == "counter").count();
+    if n_counters == 0 || !all.iter().any(|c| c.service == "coordinator") {
+        bail!(
+            "compose project {:?} has no coordinator or no counter: run make up",
+            s.project
+        );
+    }
+    let (before, _) = converge(
+        &s.project,
+        &http,
+        &s.url,
+        Duration::from_secs(s.converge_secs),
+    )
+    .await
+    .context("the cluster is not ready before the drill")?;
+    eprintln!(
+        "chaos: {n_counters} counters in sync at seq {}",
+        before.committed_seq
+    );
+
+    let history = Arc::new(History::new());
+    let shared = Arc::new(Shared::default());
+    let client = Arc::new(Client {
+        http: http.clone(),
+        base: s.url.clone(),
+        history: history.clone(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..s.writers {
+        let writer = Writer {
+            client: client.clone(),
+            shared: shared.clone(),
+            rng: StdRng::seed_from_u64(s.seed.wrapping_mul(31).wrapping_add(w as u64 + 1)),
+            w,
+            run: run.clone(),
+            next: 0,
+            acked: Vec::new(),
+            unknown: Vec::new(),
+        };
+        tasks.push(tokio::spawn(writer.run(stop.clone())));
+    }
+    for r in 0..s.readers {
+        let seed = s.seed.wrapping_mul(77).wrapping_add(r as u64 + 1000);
+        tasks.push(tokio::spawn(reader(
+            client.clone(),
+            shared.clone(),
+            run.clone(),
+            seed,
+            stop.clone(),
+        )));
+    }
+
+    let end = Instant::now() + Duration::from_secs(s.secs);
+    let faults = inject_faults(&s.project, s.seed, end).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let faults = faults?;
+
+    let healed = Instant::now();
+    let converged = converge(
+        &s.project,
+        &http,
+        &s.url,
+        Duration::from_secs(s.converge_secs),
+    )
+    .await;
+    let converge_secs = healed.elapsed().as_secs_f64();
+    let mut violations: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let (seq, divergences, final_counts) = match &converged {
+        Ok((view, members)) => {
+            let (counts, div) = final_counts(
+                &http,
+                &s.url,
+                members,
+                view.committed_seq,
+                history.tenants().into_iter().collect(),
+            )
+            .await;
+            (view.committed_seq.to_string(), div, counts)
+        }
+        Err(e) => {
+            violations
+                .entry("convergence")
+                .or_default()
+                .push(format!("{e:#}"));
+            // Still check the history against what the coordinator answers now.
+            let (counts, _) = final_counts(
+                &http,
+                &s.url,
+                &[],
+                0,
+                history.tenants().into_iter().collect(),
+            )
+            .await;
+            ("?".to_owned(), Vec::new(), counts)
+        }
+    };
+    let report = history.check(&final_counts);
+    violations
+        .entry("history")
+        .or_default()
+        .extend(report.violations.iter().cloned());
+    violations
+        .entry("divergence")
+        .or_default()
+        .extend(divergences);
+    for [(t1, n1), (t2, n2)] in shared.pairs.lock().unwrap().iter() {
+        let (c1, c2) = (final_counts.get(t1), final_counts.get(t2));
+        if let (Some(&c1), Some(&c2)) = (c1, c2) {
+            if (c1 == *n1) != (c2 == *n2) {
+                violations.entry("cross-tenant").or_default().push(format!(
+                    "torn batch over two tenants: {t1:?} counts {c1} of {n1}, {t2:?} counts {c2} of {n2}"
+                ));
+            }
+        }
+    }
+    let logs = scan_logs(&s.project, since).await?;
+    violations.entry("panics").or_default().extend(logs.panics);
+    violations.entry("fatal").or_default().extend(logs.fatal);
+
+    let total: usize = violations.values().map(Vec::len).sum();
+    for (kind, list) in &violations {
+        for v in list.iter().take(20) {
+            eprintln!("chaos: violation ({kind}): {v}");
+        }
+        if list.len() > 20 {
+            eprintln!("chaos: ... and {} more {kind} violations", list.len() - 20);
+        }
+    }
+    let fault_figures: Vec<String> = faults
+        .by_kind
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.name()))
+        .collect();
+    let violation_figures: Vec<String> = violations
+        .iter()
+        .map(|(k, v)| format!("{k} {}", v.len()))
+        .collect();
+    println!(
+        "chaos {}: {:.0}s, seed {}, {n_counters} counters; {} operations: {} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} failed), {} tenants; {} faults ({}; {} kills, {} starts, {} docker errors); converged in {converge_secs:.1}s at seq {seq}; {} error log lines; {total} violations ({})",
+        if total == 0 { "PASS" } else { "FAIL" },
+        began.elapsed().as_secs_f64(),
+        s.seed,
+        report.writes + report.reads + shared.read_failures.load(Ordering::Relaxed) as usize,
+        report.writes,
+        report.acknowledged,
+        report.refused,
+        report.unknown,
+        report.reads + shared.read_failures.load(Ordering::Relaxed) as usize,
+        shared.read_failures.load(Ordering::Relaxed),
+        report.tenants,
+        faults.by_kind.values().sum::<u64>(),
+        fault_figures.join(", "),
+        faults.kills,
+        faults.starts,
+        faults.docker_errors,
+        logs.errors,
+        violation_figures.join(", "),
+    );
+    Ok(total == 0)
+}

@@ -1,0 +1,365 @@
+//! Catch-up of lagging counters (DESIGN.md "Register & sync" and weakness 2): incremental from the log,
+//! snapshot when the log was trimmed, writes flowing while a sync runs, rejoining without a restart,
+//! and write availability while a counter dies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dc_tests::history::{History, Outcome};
+use dc_tests::{batch, ApiClient, Cluster, Load, Options};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// `n` POSTs one after the other (so `n` rounds), each a batch of `size` items to a fresh tenant; all
+/// must succeed.
+async fn write_acked(api: &ApiClient, history: &History, prefix: &str, n: usize, size: usize) {
+    for i in 0..n {
+        let (outcome, status) = api
+            .post_recorded(history, &batch(&format!("{prefix}-{i}"), size))
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::Ok,
+            "POST {prefix}-{i} answered {status:?}"
+        );
+    }
+}
+
+async fn converge_and_check(cluster: &mut Cluster, history: &History) -> BTreeMap<String, u64> {
+    let tenants: Vec<String> = history.tenants().into_iter().collect();
+    let counts = cluster
+        .converged(&tenants, CONVERGE)
+        .await
+        .expect("cluster did not converge");
+    let report = history.check(&counts);
+    eprintln!("{report}");
+    assert!(report.ok(), "{report}");
+    counts
+}
+
+fn assert_all(counts: &BTreeMap<String, u64>, prefix: &str, n: usize, size: u64) {
+    for i in 0..n {
+        let tenant = format!("{prefix}-{i}");
+        assert_eq!(counts[&tenant], size, "count of {tenant}");
+    }
+}
+
+fn kill_signal(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
+/// A counter that was down for a while gets exactly the commits it missed from the log, no snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn incremental_catch_up_sends_only_the_missed_commits() {
+    const N: usize = 10;
+    const M: usize = 25;
+    let mut c = Cluster::start(Options::default()).await.unwrap();
+    let api = c.api_client();
+    let h = History::new();
+    write_acked(&api, &h, "before", N, 3).await;
+
+    let applied_before = c.counter_status(0).await.unwrap().last_applied;
+    assert_eq!(applied_before, c.view().await.unwrap().committed_seq);
+    c.counters[0].kill();
+    write_acked(&api, &h, "missed", M, 3).await;
+    let committed = c.view().await.unwrap().committed_seq;
+    let missed = committed - applied_before;
+    // Sequential POSTs are one round each.
+    assert_eq!(missed, M as u64, "rounds while counter 0 was down");
+
+    c.start_counter(0, &[]).await.unwrap();
+    let view = c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    assert_eq!(
+        view.synced_entries, missed,
+        "log entries sent to the restarted counter: {view:?}"
+    );
+    assert_eq!(
+        view.synced_snapshot_items, 0,
+        "the log reached back far enough: no snapshot expected: {view:?}"
+    );
+
+    let counts = converge_and_check(&mut c, &h).await;
+    assert_all(&counts, "before", N, 3);
+    assert_all(&counts, "missed", M, 3);
+}
+
+/// When the log no longer reaches back to the counter's position, catch-up sends a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_when_the_log_was_trimmed() {
+    let mut c = Cluster::start(Options {
+        log_retention: 5,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let api = c.api_client();
+    let h = History::new();
+    write_acked(&api, &h, "before", 4, 3).await;
+
+    c.counters[0].kill();
+    write_acked(&api, &h, "missed", 12, 3).await;
+    c.start_counter(0, &[]).await.unwrap();
+    let view = c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    assert!(
+        view.synced_snapshot_items > 0,
+        "the log was trimmed past the counter: a snapshot was expected: {view:?}"
+    );
+
+    let counts = converge_and_check(&mut c, &h).await;
+    assert_all(&counts, "before", 4, 3);
+    assert_all(&counts, "missed", 12, 3);
+}
+
+/// A long catch-up in small pages does not hold up writes: every POST made during it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_keep_flowing_during_a_sync() {
+    let mut c = Cluster::start(Options {
+        coordinator_args: vec!["--sync-page-items".into(), "10".into()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let api = c.api_client();
+    let h = Arc::new(History::new());
+    write_acked(&api, &h, "before", 3, 3).await;
+
+    // A backlog of 1,200 items: about 120 pages of 10.
+    c.counters[0].kill();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (api, h) = (api.clone(), h.clone());
+            tokio::spawn(async move { write_acked(&api, &h, &format!("backlog-{w}"), 60, 5).await })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    c.start_counter(0, &[]).await.unwrap();
+    let load = Load::start(
+        api.clone(),
+        h.clone(),
+        "during",
+        3,
+        3,
+        Duration::from_millis(2),
+        true,
+    );
+    let restarted = Instant::now();
+    let acked_at_restart = load.acked();
+    let view = c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    let sync_time = restarted.elapsed();
+    let acked_during_sync = load.acked() - acked_at_restart;
+    // And with the counter back in the write set.
+    let target = load.acked() + 20;
+    let deadline = Instant::now() + CONVERGE;
+    while load.acked() < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = load.stop().await;
+    eprintln!(
+        "catch-up took {sync_time:?} ({} entries, {} snapshot items); {acked_during_sync} POSTs \
+         acknowledged meanwhile, {} in all",
+        view.synced_entries,
+        view.synced_snapshot_items,
+        stats.outcomes.len()
+    );
+    assert_eq!(
+        stats.count(Outcome::Ok),
+        stats.outcomes.len(),
+        "every POST during the sync must succeed: {:?}",
+        stats.outcomes
+    );
+    assert!(
+        acked_during_sync > 0,
+        "no write completed while the counter caught up"
+    );
+
+    let counts = converge_and_check(&mut c, &h).await;
+    for w in 0..4 {
+        assert_all(&counts, &format!("backlog-{w}"), 60, 5);
+    }
+}
+
+/// A counter that misses a round without dying (SIGSTOP: it stops answering, then answers again)
+/// leaves the write set, and comes back through catch-up with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_counter_rejoins_without_restart() {
+    let mut c = Cluster::start(Options {
+        coordinator_args: vec!["--call-timeout".into(), "300ms".into()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let api = c.api_client();
+    let h = History::new();
+    write_acked(&api, &h, "before", 3, 3).await;
+
+    let pid = c.counters[0].pid().expect("counter 0 runs");
+    let url = c.counters[0].url();
+    kill_signal("STOP", pid);
+    let started = Instant::now();
+    let (outcome, status) = api.post_recorded(&h, &batch("while-stopped", 4)).await;
+    let latency = started.elapsed();
+    let view = c.view().await.unwrap();
+    kill_signal("CONT", pid);
+    assert_eq!(
+        outcome,
+        Outcome::Ok,
+        "a stopped counter must not fail the write: {status:?}"
+    );
+    eprintln!("POST with a stopped counter took {latency:?}");
+    let member = view.counters.iter().find(|m| m.url == url);
+    assert!(
+        member.is_none_or(|m| m.state != "InSync"),
+        "a counter that missed a round is still in sync: {view:?}"
+    );
+
+    let back = c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    assert_eq!(back.url, url);
+    assert!(c.counters[0].is_running());
+    assert_eq!(c.counters[0].pid(), Some(pid), "rejoined without a restart");
+    write_acked(&api, &h, "after", 3, 3).await;
+
+    let counts = converge_and_check(&mut c, &h).await;
+    assert_eq!(counts["while-stopped"], 4);
+}
+
+/// Write availability: a steady concurrent write load goes on while a counter is killed. Reports the
+/// longest gap between two successful POST completions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_stay_available_when_a_counter_dies() {
+    let mut c = Cluster::start(Options::default()).await.unwrap();
+    let api = c.api_client();
+    let h = Arc::new(History::new());
+
+    let start = Instant::now();
+    let load = Load::start(api, h.clone(), "load", 4, 3, Duration::ZERO, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = c.counter_status(1).await.unwrap().node_id;
+    let killed_at = Instant::now();
+    c.counters[1].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.stop().await;
+    let end = Instant::now();
+
+    let times: Vec<Instant> = std::iter::once(start)
+        .chain(stats.acked_at.iter().copied())
+        .collect();
+    let (gap, gap_end) = times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[1]))
+        .max()
+        .expect("some POST was acknowledged");
+    let acked_after_kill = stats.acked_at.iter().filter(|&&t| t > killed_at).count();
+    let last_before = times.iter().rev().find(|&&t| t <= killed_at).copied();
+    let first_after = times.iter().find(|&&t| t > killed_at).copied();
+    let across_kill = first_after.zip(last_before).map(|(a, b)| a - b);
+    eprintln!(
+        "write availability: longest gap between successful POST completions {gap:?} (ending at \
+         {} relative to the kill); gap across the kill {across_kill:?}; {} POSTs in {:?}, \
+         {acked_after_kill} acknowledged after the kill",
+        if gap_end >= killed_at {
+            format!("+{:?}", gap_end - killed_at)
+        } else {
+            format!("-{:?}", killed_at - gap_end)
+        },
+        stats.outcomes.len(),
+        end - start
+    );
+    assert_eq!(
+        stats.count(Outcome::Ok),
+        stats.outcomes.len(),
+        "no POST may fail when one counter dies: {:?}",
+        stats
+            .outcomes
+            .iter()
+            .filter(|(o, _)| *o != Outcome::Ok)
+            .collect::<Vec<_>>()
+    );
+    assert!(gap < Duration::from_secs(1), "writes stalled for {gap:?}");
+    assert!(
+        stats
+            .acked_at
+            .last()
+            .is_some_and(|&t| end - t < Duration::from_secs(1)),
+        "writes stalled at the end of the run"
+    );
+
+    // Only the killed counter left the write set.
+    let log = c.coordinator.log_text();
+    let dropped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("marked lagging") && !l.contains(&killed))
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "healthy counters were taken out of the write set:\n{}",
+        dropped.join("\n")
+    );
+
+    c.start_counter(1, &[]).await.unwrap();
+    converge_and_check(&mut c, &h).await;
+}
+
+/// A snapshot catch-up ends even when writes trim the log faster than a snapshot is sent: the log is
+/// trimmed past the counter again after every unlocked snapshot, so the last one must be sent between
+/// two rounds (under the round lock) instead of chasing the writes forever. Every POST succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_catch_up_ends_under_a_steady_write_load() {
+    let mut c = Cluster::start(Options {
+        log_retention: 5,
+        coordinator_args: vec!["--sync-page-items".into(), "10".into()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let api = c.api_client();
+    let h = Arc::new(History::new());
+    c.counters[0].kill();
+    write_acked(&api, &h, "backlog", 100, 5).await;
+
+    let load = Load::start(
+        api.clone(),
+        h.clone(),
+        "during",
+        4,
+        3,
+        Duration::ZERO,
+        false,
+    );
+    c.start_counter(0, &[]).await.unwrap();
+    let restarted = Instant::now();
+    let view = c.wait_counter_in_sync(0, CONVERGE).await;
+    let sync_time = restarted.elapsed();
+    let stats = load.stop().await;
+    let view = view.unwrap();
+    let gap = stats
+        .acked_at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "snapshot catch-up under load took {sync_time:?} ({} snapshot items, {} entries); {} POSTs, \
+         longest gap between successful POSTs {gap:?}",
+        view.synced_snapshot_items,
+        view.synced_entries,
+        stats.outcomes.len()
+    );
+    assert!(view.synced_snapshot_items > 0, "{view:?}");
+    assert_eq!(
+        stats.count(Outcome::Ok),
+        stats.outcomes.len(),
+        "every POST during the sync must succeed"
+    );
+
+    let counts = converge_and_check(&mut c, &h).await;
+    assert_all(&counts, "backlog", 100, 5);
+}

@@ -1,0 +1,373 @@
+//! One test per named crash point (see `storage::crash`): a process dies at exactly that step of 2PC or
+//! of catch-up, is restarted without the crash point, and the cluster must converge with every
+//! invariant of DESIGN.md intact: no lost write, no phantom write, atomic batches. When the coordinator
+//! dies after its COMMIT decision was flushed, the in-doubt batch must end up counted on every counter
+//! even though its client saw an error.
+//!
+//! Every test first checks that the armed process really died at its point (SIGABRT and the point's
+//! name in its log), so a crash point that is never reached fails the test instead of passing it.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dc_tests::history::{History, Outcome};
+use dc_tests::{batch, ApiClient, Cluster, Load, Options, Service};
+use storage::proto::{paths, RegisterRequest};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+const CRASH_WAIT: Duration = Duration::from_secs(15);
+const SIGABRT: i32 = 6;
+
+fn small_pages(log_retention: u64) -> Options {
+    Options {
+        log_retention,
+        coordinator_args: vec!["--sync-page-items".into(), "10".into()],
+        ..Options::default()
+    }
+}
+
+/// `n` POSTs one after the other, each a batch of `size` items to a fresh tenant; all must succeed.
+async fn write_acked(api: &ApiClient, history: &History, prefix: &str, n: usize, size: usize) {
+    for i in 0..n {
+        let (outcome, status) = api
+            .post_recorded(history, &batch(&format!("{prefix}-{i}"), size))
+            .await;
+        assert_eq!(
+            outcome,
+            Outcome::Ok,
+            "POST {prefix}-{i} answered {status:?}"
+        );
+    }
+}
+
+/// Waits for `service` to die at crash point `point`; fails the test if it does not.
+fn assert_crashed(service: &mut Service, point: &str) {
+    let status = tokio::task::block_in_place(|| service.wait_exit(CRASH_WAIT))
+        .unwrap_or_else(|e| panic!("crash point {point} was never reached: {e:#}"));
+    assert_eq!(
+        status.signal(),
+        Some(SIGABRT),
+        "expected an abort at {point}, got {status}"
+    );
+    let log = service.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("crash point reached") && l.contains(point)),
+        "the log does not show crash point {point}:\n{log}"
+    );
+}
+
+/// `(last_applied, in_doubt)` of the last "recovered" line of a counter's log: what it found on its
+/// own disk when it last started.
+fn recovered(service: &Service) -> (u64, u64) {
+    let log = service.log_text();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("counter: recovered"))
+        .unwrap_or_else(|| panic!("no recovery line in:\n{log}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    (field("last_applied="), field("in_doubt="))
+}
+
+/// Waits until every counter is in sync and all agree at the committed seq, then checks the history
+/// against the final counts. Returns the counts.
+async fn converge_and_check(cluster: &mut Cluster, history: &History) -> BTreeMap<String, u64> {
+    let tenants: Vec<String> = history.tenants().into_iter().collect();
+    let counts = cluster
+        .converged(&tenants, CONVERGE)
+        .await
+        .expect("cluster did not converge");
+    let report = history.check(&counts);
+    eprintln!("{report}");
+    assert!(report.ok(), "{report}");
+    counts
+}
+
+/// Restarts counter `i` with `point` armed and waits until it is back in the write set, so the next
+/// round includes it.
+async fn arm_counter(cluster: &mut Cluster, i: usize, point: &str) {
+    cluster.counters[i].kill();
+    cluster
+        .start_counter(i, &[("DC_CRASH_AT", point)])
+        .await
+        .unwrap();
+    cluster.wait_counter_in_sync(i, CONVERGE).await.unwrap();
+}
+
+/// A counter dies at a 2PC step of the next round; the round goes on with the others and the client
+/// sees success. Then the counter comes back and catches up.
+async fn counter_2pc_crash(point: &str) {
+    let mut c = Cluster::start(Options::default()).await.unwrap();
+    let api = c.api_client();
+    let h = History::new();
+    write_acked(&api, &h, "before", 5, 3).await;
+
+    arm_counter(&mut c, 0, point).await;
+    let (outcome, status) = api.post_recorded(&h, &batch("in-round", 5)).await;
+    assert_eq!(
+        outcome,
+        Outcome::Ok,
+        "a counter dying at {point} must not fail the write: {status:?}"
+    );
+    assert_crashed(&mut c.counters[0], point);
+    // Sequential POSTs: the last round is the one the counter died in.
+    let seq = c.view().await.unwrap().committed_seq;
+
+    write_acked(&api, &h, "while-down", 5, 3).await;
+    c.start_counter(0, &[]).await.unwrap();
+    // What the counter promised before dying is on its disk.
+    let (last_applied, in_doubt) = recovered(&c.counters[0]);
+    if point == "counter-after-prepare" {
+        assert_eq!(
+            (last_applied, in_doubt),
+            (seq - 1, 1),
+            "restarted with the prepared record of seq {seq} in doubt"
+        );
+    } else {
+        assert_eq!(
+            (last_applied, in_doubt),
+            (seq, 0),
+            "restarted with commit {seq} applied"
+        );
+    }
+    c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    write_acked(&api, &h, "after", 3, 3).await;
+
+    let counts = converge_and_check(&mut c, &h).await;
+    assert_eq!(counts["in-round"], 5);
+    if point == "counter-after-prepare" {
+        assert!(
+            c.counters[0]
+                .log_text()
+                .contains("in-doubt transaction committed"),
+            "the restarted counter did not ask for the outcome of its in-doubt transaction"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_after_prepare() {
+    counter_2pc_crash("counter-after-prepare").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_after_commit() {
+    counter_2pc_crash("counter-after-commit").await;
+}
+
+/// Counter 0 misses `backlog` rounds of 3 items each while down, then restarts with `point` armed so
+/// that its catch-up (pages of 10 items) kills it; writes go on meanwhile. Restarted without the point,
+/// it must catch up and converge. Returns the cluster and the history for further checks.
+async fn counter_sync_crash(options: Options, backlog: usize, point: &str) -> (Cluster, History) {
+    let mut c = Cluster::start(options).await.unwrap();
+    let api = c.api_client();
+    let h = Arc::new(History::new());
+    write_acked(&api, &h, "before", 5, 3).await;
+    let applied_before = c.view().await.unwrap().committed_seq;
+
+    c.counters[0].kill();
+    write_acked(&api, &h, "backlog", backlog, 3).await;
+
+    c.start_counter(0, &[("DC_CRASH_AT", point)]).await.unwrap();
+    let load = Load::start(
+        api.clone(),
+        h.clone(),
+        "during",
+        2,
+        3,
+        Duration::from_millis(10),
+        true,
+    );
+    assert_crashed(&mut c.counters[0], point);
+    c.start_counter(0, &[]).await.unwrap();
+    let (last_applied, _) = recovered(&c.counters[0]);
+    if point == "counter-mid-snapshot" {
+        // Snapshot items do not move the position until the snapshot is finished.
+        assert_eq!(
+            last_applied, applied_before,
+            "position after a partial snapshot"
+        );
+    } else {
+        assert!(
+            applied_before < last_applied && last_applied < applied_before + backlog as u64,
+            "expected a partial catch-up: applied {last_applied}, from {applied_before} to at \
+             least {}",
+            applied_before + backlog as u64
+        );
+    }
+    c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    let stats = load.stop().await;
+    assert_eq!(
+        stats.count(Outcome::Ok),
+        stats.outcomes.len(),
+        "a counter crashing in catch-up must not fail writes: {:?}",
+        stats.outcomes
+    );
+
+    let counts = converge_and_check(&mut c, &h).await;
+    for i in 0..backlog {
+        assert_eq!(counts[&format!("backlog-{i}")], 3);
+    }
+    let h = Arc::try_unwrap(h).unwrap_or_else(|_| panic!("history still shared"));
+    (c, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_mid_sync() {
+    counter_sync_crash(small_pages(100_000), 30, "counter-mid-sync").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_mid_snapshot() {
+    let (c, _) = counter_sync_crash(small_pages(5), 20, "counter-mid-snapshot").await;
+    let view = c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    assert!(
+        view.synced_snapshot_items > 0,
+        "the log was trimmed, so a snapshot was expected: {view:?}"
+    );
+}
+
+/// Makes the coordinator flush its database now, by sending counter 0's periodic registration (the
+/// handler flushes before answering). The coordinator marks a round's phase 2 finished without a
+/// flush (a lost mark only makes it redo that phase 2 on start), so after a SIGKILL it may redo the
+/// last round's phase 2 while recovering, and an armed `coordinator-mid-phase2` would fire there
+/// instead of in the round under test.
+async fn flush_coordinator(c: &Cluster) {
+    let status = c.counter_status(0).await.unwrap();
+    let request = RegisterRequest {
+        node_id: status.node_id,
+        url: c.counters[0].url(),
+        last_applied: status.last_applied,
+    };
+    let resp = c
+        .http
+        .post(format!("{}{}", c.url(), paths::REGISTER))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "register answered {}",
+        resp.status()
+    );
+}
+
+/// The coordinator dies at a step after its COMMIT decision for a batch is flushed. The client sees no
+/// answer; after the restart the batch must be counted on every counter. `committed_before` is how
+/// many counters must count it while the coordinator is down (those that got COMMIT before it died).
+async fn coordinator_decision_crash(point: &str, committed_before: usize) {
+    let mut c = Cluster::start(Options::default()).await.unwrap();
+    let api = c.api_client();
+    let h = History::new();
+    write_acked(&api, &h, "before", 5, 3).await;
+
+    flush_coordinator(&c).await;
+    c.coordinator.kill();
+    c.start_coordinator(&[("DC_CRASH_AT", point)])
+        .await
+        .unwrap();
+    c.wait_in_sync(3, CONVERGE).await.unwrap();
+    // Alone, so the crashing round holds exactly this batch.
+    let (outcome, status) = api.post_recorded(&h, &batch("in-doubt", 5)).await;
+    assert_eq!(
+        outcome,
+        Outcome::Unknown,
+        "the coordinator died before answering: {status:?}"
+    );
+    assert_crashed(&mut c.coordinator, point);
+
+    // While the coordinator is down, no counter can learn the outcome but those it told.
+    let mut counting = 0;
+    for i in 0..c.counters.len() {
+        match c.counter_count(i, "in-doubt").await.unwrap().count {
+            0 => {}
+            5 => counting += 1,
+            n => panic!("counter {i} counts {n} of the 5 in-doubt items"),
+        }
+    }
+    assert_eq!(
+        counting, committed_before,
+        "counters applying the batch before recovery"
+    );
+
+    c.start_coordinator(&[]).await.unwrap();
+    let api = c.api_client();
+    write_acked(&api, &h, "after", 3, 3).await;
+    let counts = converge_and_check(&mut c, &h).await;
+    assert_eq!(
+        counts["in-doubt"], 5,
+        "the decision was flushed before {point}: the batch is committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_after_decision() {
+    coordinator_decision_crash("coordinator-after-decision", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_mid_phase2() {
+    coordinator_decision_crash("coordinator-mid-phase2", 1).await;
+}
+
+/// The coordinator dies after pushing one catch-up page to a lagging counter, with writes in flight.
+/// Restarted without the point, it must finish the catch-up and converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_mid_sync() {
+    let point = "coordinator-mid-sync";
+    let mut c = Cluster::start(small_pages(100_000)).await.unwrap();
+    let api = c.api_client();
+    let h = Arc::new(History::new());
+    write_acked(&api, &h, "before", 5, 3).await;
+    let applied_before = c.view().await.unwrap().committed_seq;
+
+    c.counters[0].kill();
+    write_acked(&api, &h, "backlog", 30, 3).await;
+
+    c.coordinator.kill();
+    c.start_coordinator(&[("DC_CRASH_AT", point)])
+        .await
+        .unwrap();
+    let load = Load::start(
+        c.api_client(),
+        h.clone(),
+        "during",
+        2,
+        3,
+        Duration::from_millis(10),
+        true,
+    );
+    c.start_counter(0, &[]).await.unwrap();
+    assert_crashed(&mut c.coordinator, point);
+    // The counter kept the page it was sent, and no more.
+    let at = c.counter_status(0).await.unwrap().last_applied;
+    assert!(
+        applied_before < at && at < applied_before + 30,
+        "expected a partial catch-up: applied {at}, from {applied_before} to at least {}",
+        applied_before + 30
+    );
+    let stats = load.stop().await;
+    eprintln!(
+        "load around the crash: {} acknowledged, {} unknown, {} refused",
+        stats.count(Outcome::Ok),
+        stats.count(Outcome::Unknown),
+        stats.count(Outcome::Failed)
+    );
+
+    c.start_coordinator(&[]).await.unwrap();
+    c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
+    let api = c.api_client();
+    write_acked(&api, &h, "after", 3, 3).await;
+    let counts = converge_and_check(&mut c, &h).await;
+    for i in 0..30 {
+        assert_eq!(counts[&format!("backlog-{i}")], 3);
+    }
+}
