@@ -83,7 +83,7 @@ async fn get_count(
     }
     let required = app.txn.acked_seq();
     for target in app.registry.readers() {
-        let why = match app.client.count(&target.url, &tenant).await {
+        let why = match app.client.count(&target, &tenant).await {
             Ok(answer) if answer.last_applied >= required => {
                 return Ok(Json(CountBody {
                     count: answer.count,

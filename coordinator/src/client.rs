@@ -1,18 +1,27 @@
 //! Outgoing calls to counters. Each call has its own timeout; every failure (refused, reset, timeout,
 //! non-2xx) is an error the caller treats as "this counter did not do it".
+//!
+//! Every call names the node it means in the [`NODE_HEADER`] header, and a counter with another
+//! identity refuses it: an address can change hands (a container restarted with another's IP, two
+//! replicas behind one name), and a sync or a vote must never be taken from the wrong replica.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storage::proto::{
     paths, Applied, ApplyLogRequest, CommitRequest, CounterCount, CounterStatus,
     FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest, RollbackRequest,
-    SnapshotPage, SnapshotQuery, Vote,
+    SnapshotPage, SnapshotQuery, Vote, NODE_HEADER,
 };
 use storage::{Item, LogEntry, Seq, TxId};
+
+use crate::registry::Target;
+
+/// Extra COMMIT time allowed per item of the round: applying costs a few µs per item, so a large
+/// round must not look like a dead counter.
+const COMMIT_TIME_PER_ITEM: Duration = Duration::from_micros(20);
 
 #[derive(Clone)]
 pub struct CounterClient {
@@ -43,37 +52,48 @@ impl CounterClient {
         }
     }
 
+    fn request(
+        &self,
+        method: reqwest::Method,
+        to: &Target,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", to.url))
+            .header(NODE_HEADER, to.id.as_str())
+            .timeout(timeout)
+    }
+
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
-        url: &str,
+        to: &Target,
         path: &str,
         body: &B,
         timeout: Duration,
     ) -> Result<R, CallError> {
-        let resp = self
-            .http
-            .post(format!("{url}{path}"))
-            .json(body)
-            .timeout(timeout)
-            .send()
-            .await?;
-        decode(resp).await
+        decode(
+            self.request(reqwest::Method::POST, to, path, timeout)
+                .json(body)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     async fn get<Q: Serialize, R: DeserializeOwned>(
         &self,
-        url: &str,
+        to: &Target,
         path: &str,
         query: &Q,
     ) -> Result<R, CallError> {
-        let resp = self
-            .http
-            .get(format!("{url}{path}"))
-            .query(query)
-            .timeout(self.read_timeout)
-            .send()
-            .await?;
-        decode(resp).await
+        decode(
+            self.request(reqwest::Method::GET, to, path, self.read_timeout)
+                .query(query)
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// Encodes a PREPARE once for every participant of a round.
@@ -82,32 +102,45 @@ impl CounterClient {
         Bytes::from(serde_json::to_vec(&req).expect("plain struct serializes"))
     }
 
-    pub async fn prepare(&self, url: &str, body: Bytes) -> Result<Vote, CallError> {
+    pub async fn prepare(&self, to: &Target, body: Bytes, items: usize) -> Result<Vote, CallError> {
         let resp = self
-            .http
-            .post(format!("{url}{}", paths::PREPARE))
+            .request(
+                reqwest::Method::POST,
+                to,
+                paths::PREPARE,
+                self.round_timeout(items),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
-            .timeout(self.call_timeout)
             .send()
             .await?;
         decode(resp).await
     }
 
-    pub async fn commit(&self, url: &str, txid: TxId, seq: Seq) -> Result<Applied, CallError> {
+    pub async fn commit(
+        &self,
+        to: &Target,
+        txid: TxId,
+        seq: Seq,
+        items: usize,
+    ) -> Result<Applied, CallError> {
         self.post(
-            url,
+            to,
             paths::COMMIT,
             &CommitRequest { txid, seq },
-            self.call_timeout,
+            self.round_timeout(items),
         )
         .await
     }
 
-    pub async fn rollback(&self, url: &str, txid: TxId) -> Result<(), CallError> {
+    fn round_timeout(&self, items: usize) -> Duration {
+        self.call_timeout + COMMIT_TIME_PER_ITEM * items as u32
+    }
+
+    pub async fn rollback(&self, to: &Target, txid: TxId) -> Result<(), CallError> {
         let _: serde_json::Value = self
             .post(
-                url,
+                to,
                 paths::ROLLBACK,
                 &RollbackRequest { txid },
                 self.call_timeout,
@@ -116,72 +149,69 @@ impl CounterClient {
         Ok(())
     }
 
-    pub async fn count(&self, url: &str, tenant: &str) -> Result<CounterCount, CallError> {
-        let resp = self
-            .http
-            .get(format!("{url}{}/{}", paths::COUNT, percent_encode(tenant)))
-            .timeout(self.read_timeout)
-            .send()
-            .await?;
-        decode(resp).await
+    pub async fn count(&self, to: &Target, tenant: &str) -> Result<CounterCount, CallError> {
+        let path = format!("{}/{}", paths::COUNT, percent_encode(tenant));
+        decode(
+            self.request(reqwest::Method::GET, to, &path, self.read_timeout)
+                .send()
+                .await?,
+        )
+        .await
     }
 
-    pub async fn status(&self, url: &str) -> Result<CounterStatus, CallError> {
-        self.get(url, paths::STATUS, &()).await
-    }
-
-    pub async fn health(&self, url: &str) -> Result<CounterStatus, CallError> {
-        self.get(url, paths::HEALTH, &()).await
+    pub async fn status(&self, to: &Target) -> Result<CounterStatus, CallError> {
+        self.get(to, paths::STATUS, &()).await
     }
 
     pub async fn log_page(
         &self,
-        url: &str,
+        to: &Target,
         from: Seq,
         max_items: usize,
     ) -> Result<LogPage, CallError> {
-        self.get(url, paths::LOG, &LogQuery { from, max_items })
+        self.get(to, paths::LOG, &LogQuery { from, max_items })
             .await
     }
 
     pub async fn snapshot_page(
         &self,
-        url: &str,
+        to: &Target,
         after: Option<String>,
         max_items: usize,
     ) -> Result<SnapshotPage, CallError> {
-        self.get(url, paths::SNAPSHOT, &SnapshotQuery { after, max_items })
+        self.get(to, paths::SNAPSHOT, &SnapshotQuery { after, max_items })
             .await
     }
 
-    pub async fn apply_log(&self, url: &str, entries: Vec<LogEntry>) -> Result<Applied, CallError> {
+    pub async fn apply_log(
+        &self,
+        to: &Target,
+        entries: Vec<LogEntry>,
+    ) -> Result<Applied, CallError> {
+        let items: usize = entries.iter().map(|e| e.items.len()).sum();
         self.post(
-            url,
+            to,
             paths::APPLY_LOG,
             &ApplyLogRequest { entries },
-            self.read_timeout * 5,
+            self.read_timeout + COMMIT_TIME_PER_ITEM * items as u32,
         )
         .await
     }
 
-    pub async fn import(&self, url: &str, items: Vec<Item>) -> Result<Applied, CallError> {
-        self.post(
-            url,
-            paths::IMPORT,
-            &ImportRequest { items },
-            self.read_timeout * 5,
-        )
-        .await
+    pub async fn import(&self, to: &Target, items: Vec<Item>) -> Result<Applied, CallError> {
+        let timeout = self.read_timeout + COMMIT_TIME_PER_ITEM * items.len() as u32;
+        self.post(to, paths::IMPORT, &ImportRequest { items }, timeout)
+            .await
     }
 
     pub async fn finish_snapshot(
         &self,
-        url: &str,
+        to: &Target,
         seq: Seq,
         txid: TxId,
     ) -> Result<Applied, CallError> {
         self.post(
-            url,
+            to,
             paths::FINISH_SNAPSHOT,
             &FinishSnapshotRequest { seq, txid },
             self.read_timeout,

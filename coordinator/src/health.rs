@@ -27,18 +27,15 @@ pub async fn run(
         let checks = registry.all().into_iter().map(|target| {
             let (registry, client, syncer) = (registry.clone(), client.clone(), syncer.clone());
             async move {
-                match client.health(&target.url).await {
-                    Ok(status) if status.node_id == target.id => {
+                match client.status(&target).await {
+                    Ok(_) => {
                         registry.check_passed(&target.id);
                         if registry.state(&target.id) == Some(CounterState::Lagging) {
                             syncer.spawn(target.id.clone());
                         }
                     }
-                    outcome => {
-                        let why = match outcome {
-                            Ok(status) => format!("another node ({}) answers at its address", status.node_id),
-                            Err(e) => e.to_string(),
-                        };
+                    Err(e) => {
+                        let why = e.to_string();
                         let failed = registry.check_failed(&target.id);
                         tracing::warn!(node = %target.id, failed, error = %why, "health check failed");
                         let result = if failed >= attempts {

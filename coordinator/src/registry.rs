@@ -6,7 +6,7 @@
 //! after a coordinator crash).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use storage::proto::{ClusterView, CounterView};
@@ -16,7 +16,8 @@ use storage::{CoordinatorStore, CounterRecord, CounterState, NodeId, Seq};
 struct Member {
     record: CounterRecord,
     failed_checks: u32,
-    syncing: bool,
+    /// Generation of the catch-up running for this counter, if any.
+    syncing: Option<u64>,
     synced_entries: u64,
     synced_snapshot_items: u64,
 }
@@ -45,7 +46,7 @@ impl Registry {
                     Member {
                         record,
                         failed_checks: 0,
-                        syncing: false,
+                        syncing: None,
                         synced_entries: 0,
                         synced_snapshot_items: 0,
                     },
@@ -146,7 +147,7 @@ impl Registry {
                 state: CounterState::Lagging,
             },
             failed_checks: 0,
-            syncing: false,
+            syncing: None,
             synced_entries: 0,
             synced_snapshot_items: 0,
         });
@@ -187,20 +188,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Claims the right to run the catch-up of `id`; false if one already runs or it needs none.
-    pub fn start_sync(&self, id: &str) -> bool {
+    /// Claims the right to run the catch-up of `id`: `None` if one already runs or it needs none. The
+    /// generation ties the claim to this member, which may be removed and registered anew meanwhile.
+    pub fn start_sync(&self, id: &str) -> Option<u64> {
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
         match self.lock().get_mut(id) {
-            Some(m) if m.record.state == CounterState::Lagging && !m.syncing => {
-                m.syncing = true;
-                true
+            Some(m) if m.record.state == CounterState::Lagging && m.syncing.is_none() => {
+                let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+                m.syncing = Some(generation);
+                Some(generation)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    pub fn end_sync(&self, id: &str) {
+    pub fn end_sync(&self, id: &str, generation: u64) {
         if let Some(m) = self.lock().get_mut(id) {
-            m.syncing = false;
+            if m.syncing == Some(generation) {
+                m.syncing = None;
+            }
         }
     }
 
@@ -220,8 +226,8 @@ impl Registry {
                 url: m.record.url.clone(),
                 state: match (m.record.state, m.syncing) {
                     (CounterState::InSync, _) => "InSync",
-                    (CounterState::Lagging, true) => "Syncing",
-                    (CounterState::Lagging, false) => "Lagging",
+                    (CounterState::Lagging, Some(_)) => "Syncing",
+                    (CounterState::Lagging, None) => "Lagging",
                 }
                 .to_owned(),
                 failed_checks: m.failed_checks,

@@ -37,6 +37,8 @@ pub enum SyncError {
     Ahead(String, Seq, Seq),
     #[error("counter left the registry")]
     Gone,
+    #[error("every source's log is trimmed past the counter; a snapshot must run before the last stretch")]
+    Retry,
 }
 
 /// Where a [`Syncer::transfer`] left the target: its last applied seq.
@@ -55,6 +57,18 @@ impl Transferred {
     }
 }
 
+struct Source {
+    target: Target,
+    log_floor: Seq,
+}
+
+impl Source {
+    /// Whether the source's log still holds the commit after `at`.
+    fn log_reaches(&self, at: Seq) -> bool {
+        self.log_floor <= at
+    }
+}
+
 #[derive(Clone)]
 pub struct Syncer {
     pub registry: Arc<Registry>,
@@ -66,37 +80,42 @@ pub struct Syncer {
 impl Syncer {
     /// Starts a catch-up of `id` in the background unless one runs already or it is in sync.
     pub fn spawn(&self, id: String) {
-        if !self.registry.start_sync(&id) {
+        let Some(generation) = self.registry.start_sync(&id) else {
             return;
-        }
+        };
         let this = self.clone();
         tokio::spawn(async move {
-            match this.catch_up(&id).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(node = %id, error = %e, "catch-up failed; retried at the next health check")
-                }
+            if let Err(e) = this.catch_up(&id).await {
+                tracing::warn!(node = %id, error = %e, "catch-up failed; retried at the next health check or registration");
             }
-            this.registry.end_sync(&id);
+            this.registry.end_sync(&id, generation);
         });
     }
 
+    fn target(&self, id: &str) -> Result<Target, SyncError> {
+        Ok(Target {
+            id: id.to_owned(),
+            url: self.registry.url(id).ok_or(SyncError::Gone)?,
+        })
+    }
+
     async fn catch_up(&self, id: &str) -> Result<(), SyncError> {
-        let target = || -> Result<Target, SyncError> {
-            Ok(Target {
-                id: id.to_owned(),
-                url: self.registry.url(id).ok_or(SyncError::Gone)?,
-            })
-        };
+        let mut outpaced = false;
         for _ in 0..MAX_PASSES {
+            let target = self.target(id)?;
             let committed = self.txn.store().committed_seq()?;
-            let at = self.client.status(&target()?.url).await?.last_applied;
-            if at + CLOSE_ENOUGH >= committed {
+            let at = self.client.status(&target).await?.last_applied;
+            let source = self.source(id, at).await;
+            // Close enough, and what is left can come from a log: finish between two rounds.
+            if at + CLOSE_ENOUGH >= committed && source.as_ref().is_none_or(|s| s.log_reaches(at)) {
                 break;
             }
-            let Some(source) = self.source(id) else { break };
-            if let Transferred::Outpaced(_) = self.transfer(&source, &target()?, at, false).await? {
+            let Some(source) = source else { break };
+            if let Transferred::Outpaced(_) =
+                self.transfer(&source.target, &target, at, false).await?
+            {
                 // Writes trim the log faster than a snapshot goes: more unlocked passes cannot finish.
+                outpaced = true;
                 break;
             }
         }
@@ -104,11 +123,15 @@ impl Syncer {
         // Final stretch between two rounds: every in-sync counter stands at the committed seq.
         let _round = self.txn.round_lock.lock().await;
         let committed = self.txn.store().committed_seq()?;
-        let target = target()?;
-        let mut at = self.client.status(&target.url).await?.last_applied;
+        let target = self.target(id)?;
+        let mut at = self.client.status(&target).await?.last_applied;
         if at < committed {
-            let source = self.source(id).ok_or(SyncError::NoSource)?;
-            at = self.transfer(&source, &target, at, true).await?.at();
+            let source = self.source(id, at).await.ok_or(SyncError::NoSource)?;
+            if !source.log_reaches(at) && !outpaced {
+                // A snapshot here would hold every write back for its whole length.
+                return Err(SyncError::Retry);
+            }
+            at = self.transfer(&source.target, &target, at, true).await?.at();
         }
         match at.cmp(&committed) {
             std::cmp::Ordering::Equal => {
@@ -121,8 +144,23 @@ impl Syncer {
         }
     }
 
-    fn source(&self, id: &str) -> Option<Target> {
-        self.registry.readers().into_iter().find(|t| t.id != id)
+    /// An in-sync counter to copy from, preferring one whose log still reaches back past `at`.
+    async fn source(&self, id: &str, at: Seq) -> Option<Source> {
+        let mut fallback = None;
+        for target in self.registry.readers().into_iter().filter(|t| t.id != id) {
+            let Ok(status) = self.client.status(&target).await else {
+                continue;
+            };
+            let source = Source {
+                target,
+                log_floor: status.log_floor,
+            };
+            if source.log_reaches(at) {
+                return Some(source);
+            }
+            fallback.get_or_insert(source);
+        }
+        fallback
     }
 
     /// Copies everything `source` has after `at` to `target`; returns the target's new last applied seq.
@@ -142,7 +180,7 @@ impl Syncer {
         loop {
             match self
                 .client
-                .log_page(&source.url, at + 1, self.page_items)
+                .log_page(source, at + 1, self.page_items)
                 .await?
             {
                 LogPage::Entries(entries) if entries.is_empty() => {
@@ -150,11 +188,7 @@ impl Syncer {
                 }
                 LogPage::Entries(entries) => {
                     let n = entries.len() as u64;
-                    at = self
-                        .client
-                        .apply_log(&target.url, entries)
-                        .await?
-                        .last_applied;
+                    at = self.client.apply_log(target, entries).await?.last_applied;
                     self.registry.add_synced(&target.id, n, 0);
                     crash::point("coordinator-mid-sync");
                 }
@@ -172,15 +206,15 @@ impl Syncer {
     }
 
     async fn snapshot(&self, source: &Target, target: &Target) -> Result<Seq, SyncError> {
-        let start = self.client.status(&source.url).await?;
+        let start = self.client.status(source).await?;
         let mut cursor = None;
         loop {
             let page = self
                 .client
-                .snapshot_page(&source.url, cursor, self.page_items)
+                .snapshot_page(source, cursor, self.page_items)
                 .await?;
             let n = page.items.len() as u64;
-            self.client.import(&target.url, page.items).await?;
+            self.client.import(target, page.items).await?;
             self.registry.add_synced(&target.id, 0, n);
             crash::point("coordinator-mid-sync");
             cursor = page.next;
@@ -190,7 +224,7 @@ impl Syncer {
         }
         Ok(self
             .client
-            .finish_snapshot(&target.url, start.last_applied, start.last_txid)
+            .finish_snapshot(target, start.last_applied, start.last_txid)
             .await?
             .last_applied)
     }

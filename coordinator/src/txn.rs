@@ -30,6 +30,12 @@ use crate::client::CounterClient;
 use crate::error::ApiError;
 use crate::registry::{Registry, Target};
 
+/// POSTs waiting for a round beyond this are refused with 503 rather than queued without bound.
+const MAX_QUEUED_REQUESTS: usize = 10_000;
+
+/// About the most items a 4 MiB POST can hold; sizes COMMIT timeouts when the real size is unknown.
+const LARGEST_ROUND: usize = 200_000;
+
 struct Request {
     items: Vec<Item>,
     reply: oneshot::Sender<Result<Seq, ApiError>>,
@@ -46,7 +52,7 @@ pub struct TxnManager {
     voting: Mutex<Option<TxId>>,
     /// Seq of the last round whose clients were answered: a read must see at least this much.
     acked_seq: AtomicU64,
-    queue: mpsc::UnboundedSender<Request>,
+    queue: mpsc::Sender<Request>,
 }
 
 impl TxnManager {
@@ -58,7 +64,7 @@ impl TxnManager {
         min_replicas: usize,
         max_round_items: usize,
     ) -> storage::Result<Arc<Self>> {
-        let (queue, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = mpsc::channel(MAX_QUEUED_REQUESTS);
         let acked = store.committed_seq()?;
         let manager = Arc::new(TxnManager {
             store,
@@ -78,9 +84,16 @@ impl TxnManager {
     pub async fn submit(&self, items: Vec<Item>) -> Result<Seq, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request { items, reply })
-            .map_err(|_| ApiError::ShuttingDown)?;
-        answer.await.map_err(|_| ApiError::ShuttingDown)?
+            .try_send(Request { items, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    ApiError::Unavailable("too many writes queued; retry later".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
+            })?;
+        answer
+            .await
+            .map_err(|_| ApiError::unknown("the round ended without an answer"))?
     }
 
     pub fn acked_seq(&self) -> Seq {
@@ -91,11 +104,7 @@ impl TxnManager {
         &self.store
     }
 
-    async fn sequencer(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Request>,
-        max_round_items: usize,
-    ) {
+    async fn sequencer(self: Arc<Self>, mut rx: mpsc::Receiver<Request>, max_round_items: usize) {
         while let Some(first) = rx.recv().await {
             let mut items = first.items;
             let mut replies = vec![first.reply];
@@ -141,11 +150,12 @@ impl TxnManager {
                 self.min_replicas
             )));
         }
+        let n_items = items.len();
         let body = CounterClient::prepare_body(txid, items);
         let votes = join_all(
             participants
                 .iter()
-                .map(|t| self.client.prepare(&t.url, body.clone())),
+                .map(|t| self.client.prepare(t, body.clone(), n_items)),
         )
         .await;
         let mut yes = Vec::new();
@@ -164,8 +174,8 @@ impl TxnManager {
         }
         if yes.len() < self.min_replicas {
             for target in &yes {
-                let (client, url) = (self.client.clone(), target.url.clone());
-                tokio::spawn(async move { client.rollback(&url, txid).await });
+                let (client, target) = (self.client.clone(), target.clone());
+                tokio::spawn(async move { client.rollback(&target, txid).await });
             }
             return Err(ApiError::Unavailable(format!(
                 "only {} counters could prepare, {} needed",
@@ -187,7 +197,7 @@ impl TxnManager {
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
 
         // Phase 2.
-        self.phase2(txid, seq, &yes)
+        self.phase2(txid, seq, &yes, n_items)
             .await
             .map_err(ApiError::unknown)?;
         self.acked_seq.fetch_max(seq, Ordering::SeqCst);
@@ -196,18 +206,24 @@ impl TxnManager {
 
     /// Sends COMMIT to every participant; one that does not acknowledge leaves the write set. Ends with
     /// the decision marked finished.
-    async fn phase2(&self, txid: TxId, seq: Seq, participants: &[Target]) -> Result<(), ApiError> {
+    async fn phase2(
+        &self,
+        txid: TxId,
+        seq: Seq,
+        participants: &[Target],
+        items: usize,
+    ) -> Result<(), ApiError> {
         let mut pending: &[Target] = participants;
         if crash::armed("coordinator-mid-phase2") && pending.len() > 1 {
             // Only in crash tests: one counter gets COMMIT, then the coordinator dies before the others.
-            let _ = self.client.commit(&pending[0].url, txid, seq).await;
+            let _ = self.client.commit(&pending[0], txid, seq, items).await;
             crash::point("coordinator-mid-phase2");
             pending = &pending[1..];
         }
         let acks = join_all(
             pending
                 .iter()
-                .map(|t| self.client.commit(&t.url, txid, seq)),
+                .map(|t| self.client.commit(t, txid, seq, items)),
         )
         .await;
         let mut dropped = false;
@@ -260,7 +276,9 @@ impl TxnManager {
                 participants = targets.len(),
                 "redoing phase 2"
             );
-            self.phase2(txid, decision.seq, &targets).await?;
+            // The decision does not record the round's size: allow for the largest a body can carry.
+            self.phase2(txid, decision.seq, &targets, LARGEST_ROUND)
+                .await?;
         }
         self.acked_seq
             .fetch_max(self.store.committed_seq()?, Ordering::SeqCst);

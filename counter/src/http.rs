@@ -1,21 +1,23 @@
 //! The counter's internal HTTP API: parse, call [`Participant`], map errors. Only the coordinator
 //! calls it.
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use storage::proto::{
     paths, Applied, ApplyLogRequest, CommitRequest, CounterCount, CounterStatus,
     FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest, RollbackRequest,
-    SnapshotPage, SnapshotQuery, StatusBody, Vote,
+    SnapshotPage, SnapshotQuery, StatusBody, Vote, NODE_HEADER,
 };
 use storage::Error;
 
 use crate::participant::{unhex, Participant};
 
 pub fn router(participant: Participant, max_body_bytes: usize) -> Router {
+    let node_id = participant.status().map(|s| s.node_id).unwrap_or_default();
     Router::new()
         .route(paths::HEALTH, get(status))
         .route(paths::STATUS, get(status))
@@ -29,7 +31,20 @@ pub fn router(participant: Participant, max_body_bytes: usize) -> Router {
         .route(paths::IMPORT, post(import))
         .route(paths::FINISH_SNAPSHOT, post(finish_snapshot))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(node_id, check_node))
         .with_state(participant)
+}
+
+/// Refuses a call meant for another node (see [`NODE_HEADER`]): this address may have belonged to
+/// another replica when the coordinator learned it.
+async fn check_node(State(me): State<String>, request: Request, next: Next) -> Response {
+    match request.headers().get(NODE_HEADER).map(|v| v.to_str()) {
+        Some(Ok(meant)) if meant != me => {
+            let error = format!("this is node {me}, not {meant}");
+            (StatusCode::CONFLICT, Json(StatusBody::failed(error))).into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// A storage error as the coordinator sees it: 409 for "you asked out of order", 500 otherwise.

@@ -36,7 +36,7 @@ impl Registrar {
             participant,
             client,
             coordinator: coordinator.trim_end_matches('/').to_owned(),
-            my_url,
+            my_url: my_url.trim_end_matches('/').to_owned(),
             interval,
         }
     }
@@ -66,7 +66,10 @@ impl Registrar {
     }
 
     async fn round(&self) -> anyhow::Result<()> {
-        self.resolve_in_doubt().await?;
+        // Registration must not depend on it: an unregistered counter is never caught up.
+        if let Err(e) = self.resolve_in_doubt().await {
+            tracing::warn!(error = %e, "cannot resolve in-doubt transactions yet");
+        }
         let status = self.participant.status()?;
         let req = RegisterRequest {
             node_id: status.node_id,

@@ -174,8 +174,12 @@ impl CounterStore {
     /// Crash invariant: acknowledged only after [`Self::durable`]; if the process dies before, the
     /// prepared record is still there and the commit is redone from the coordinator's decision.
     pub fn apply_commit(&self, txid: TxId, seq: Seq) -> Result<ApplyOutcome> {
-        let last = self.last_applied()?;
+        let (last, last_txid) = self.applied()?;
         if seq <= last {
+            if txid <= last_txid {
+                // A late PREPARE may have recorded it again after it was applied.
+                self.prepared.remove(u64_key(txid))?;
+            }
             return Ok(ApplyOutcome::AlreadyApplied);
         }
         if seq != last + 1 {
@@ -278,7 +282,11 @@ impl CounterStore {
         for value in self.log.range(u64_key(from)..).values() {
             let entry: LogEntry = decode("log", &value?)?;
             if entry.seq != from + page.len() as u64 {
-                // Only a snapshot can leave a hole, and it raises the floor past it.
+                // A commit trimmed the entry after the floor was read: the log starts later now.
+                let floor = self.log_floor()?;
+                if floor >= from + page.len() as u64 {
+                    return Err(Error::LogTrimmed { floor });
+                }
                 return Err(Error::corrupt(
                     "log",
                     format!("hole before seq {}", entry.seq),

@@ -2,7 +2,8 @@
 //!
 //! A writer makes its change, then awaits [`Flusher::durable`]. The flusher runs one `flush` at a time on
 //! a blocking thread and releases every writer whose change was made before that flush started. Many
-//! waiting writers therefore share one disk sync, and sled never sees concurrent flushes.
+//! waiting writers therefore share one disk sync, and request handlers never flush concurrently (only
+//! sled's own 500 ms background flush may overlap ours, which sled serializes internally).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

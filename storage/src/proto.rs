@@ -26,6 +26,10 @@ pub mod paths {
     pub const HEALTH: &str = "/health";
 }
 
+/// Header on every coordinator → counter call: the node id the coordinator means. A counter whose
+/// identity differs refuses the call (409), so an address that changed hands is never trusted.
+pub const NODE_HEADER: &str = "x-node-id";
+
 /// Coordinator → counter, phase 1. The counter answers after the prepared record is on disk.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct PrepareRequest {
