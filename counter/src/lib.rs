@@ -13,7 +13,7 @@ pub mod registration;
 pub mod slots;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
 
@@ -41,23 +41,36 @@ pub async fn run(
         .await
         .context("cannot bind")?;
     let local = listener.local_addr()?;
-    let my_url = match &config.advertise_url {
-        Some(url) => url.clone(),
-        None => format!("http://{}", advertised_addr(local, &config.coordinator_url)),
-    };
     if let Some(path) = &config.addr_file {
         std::fs::write(path, local.to_string()).context("cannot write addr file")?;
     }
-    tracing::info!(%local, url = %my_url, "listening");
+    tracing::info!(%local, "listening");
 
-    let registrar = Registrar::new(
-        participant.clone(),
-        config.coordinator_url.clone(),
-        my_url,
-        config.register_interval,
-        config.call_timeout,
-    );
-    tokio::spawn(registrar.run());
+    // Finding the address to advertise may have to wait for the coordinator (see `advertised_addr`);
+    // registration cannot happen before anyway, and the counter serves meanwhile.
+    let registration = {
+        let (participant, config) = (participant.clone(), config.clone());
+        async move {
+            let my_url = match &config.advertise_url {
+                Some(url) => url.clone(),
+                None => format!(
+                    "http://{}",
+                    advertised_addr(local, &config.coordinator_url).await
+                ),
+            };
+            tracing::info!(url = %my_url, "advertising");
+            Registrar::new(
+                participant,
+                config.coordinator_url.clone(),
+                my_url,
+                config.register_interval,
+                config.call_timeout,
+            )
+            .run()
+            .await
+        }
+    };
+    tokio::spawn(registration);
 
     axum::serve(listener, http::router(participant, config.max_body_bytes))
         .with_graceful_shutdown(shutdown)
@@ -67,18 +80,40 @@ pub async fn run(
 
 /// The address others reach us at: the listen address, or when it is unspecified (0.0.0.0), this
 /// host's address on the route to the coordinator (a UDP "connect" sends nothing, it only routes).
-fn advertised_addr(local: SocketAddr, coordinator_url: &str) -> SocketAddr {
+///
+/// The route needs the coordinator's name to resolve, which under docker compose it does not while
+/// the coordinator's container is down. Falling back to some address would register a URL nobody
+/// else can reach (127.0.0.1 is the coordinator itself), so this waits until the route is known.
+async fn advertised_addr(local: SocketAddr, coordinator_url: &str) -> SocketAddr {
     if !local.ip().is_unspecified() {
         return local;
     }
-    let ip = coordinator_host(coordinator_url)
-        .and_then(|host| {
-            let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
-            socket.connect(host).ok()?;
-            socket.local_addr().ok().map(|a| a.ip())
-        })
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    SocketAddr::new(ip, local.port())
+    let mut warned = false;
+    loop {
+        match route_to(local.ip(), coordinator_url).await {
+            Ok(ip) => return SocketAddr::new(ip, local.port()),
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, coordinator = coordinator_url,
+                    "no route to the coordinator yet; will advertise this host's address on it");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// This host's address on the route to the coordinator, from a socket of the family of `unspecified`.
+async fn route_to(unspecified: IpAddr, coordinator_url: &str) -> std::io::Result<IpAddr> {
+    let host = coordinator_host(coordinator_url).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no host in the coordinator URL",
+        )
+    })?;
+    let socket = tokio::net::UdpSocket::bind((unspecified, 0)).await?;
+    socket.connect(host).await?;
+    Ok(socket.local_addr()?.ip())
 }
 
 fn coordinator_host(url: &str) -> Option<String> {

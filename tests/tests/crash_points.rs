@@ -263,7 +263,11 @@ async fn flush_coordinator(c: &Cluster) {
 /// The coordinator dies at a step after its COMMIT decision for a batch is flushed. The client sees no
 /// answer; after the restart the batch must be counted on every counter. `committed_before` is how
 /// many counters must count it while the coordinator is down (those that got COMMIT before it died).
-async fn coordinator_decision_crash(point: &str, committed_before: usize) {
+/// `committed_before`: how many counters may count the batch while the coordinator is down.
+async fn coordinator_decision_crash(
+    point: &str,
+    committed_before: std::ops::RangeInclusive<usize>,
+) {
     let mut c = Cluster::start(Options::default()).await.unwrap();
     let api = c.api_client();
     let h = History::new();
@@ -284,7 +288,8 @@ async fn coordinator_decision_crash(point: &str, committed_before: usize) {
     );
     assert_crashed(&mut c.coordinator, point);
 
-    // While the coordinator is down, no counter can learn the outcome but those it told.
+    // While the coordinator is down, only counters it told, or that asked it after the decision (their
+    // periodic in-doubt check), can count the batch.
     let mut counting = 0;
     for i in 0..c.counters.len() {
         match c.counter_count(i, "in-doubt").await.unwrap().count {
@@ -293,9 +298,9 @@ async fn coordinator_decision_crash(point: &str, committed_before: usize) {
             n => panic!("counter {i} counts {n} of the 5 in-doubt items"),
         }
     }
-    assert_eq!(
-        counting, committed_before,
-        "counters applying the batch before recovery"
+    assert!(
+        committed_before.contains(&counting),
+        "{counting} counters applied the batch before recovery, expected {committed_before:?}"
     );
 
     c.start_coordinator(&[]).await.unwrap();
@@ -310,12 +315,14 @@ async fn coordinator_decision_crash(point: &str, committed_before: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coordinator_after_decision() {
-    coordinator_decision_crash("coordinator-after-decision", 0).await;
+    // The round is still "voting" until the crash, so an in-doubt check hears "pending".
+    coordinator_decision_crash("coordinator-after-decision", 0..=0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coordinator_mid_phase2() {
-    coordinator_decision_crash("coordinator-mid-phase2", 1).await;
+    // One participant got COMMIT; others may have learned the decision by asking.
+    coordinator_decision_crash("coordinator-mid-phase2", 1..=3).await;
 }
 
 /// The coordinator dies after pushing one catch-up page to a lagging counter, with writes in flight.

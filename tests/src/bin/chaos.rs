@@ -3,15 +3,18 @@
 //! Concurrent writers and readers use the public API on the published port while the drill
 //! `docker kill`s a random counter container, sometimes two, sometimes the coordinator, sometimes
 //! everything, and starts them again with `docker start` (a killed container counts as stopped by hand,
-//! so restart policies do not bring it back). Then it heals (every container started), waits until every
-//! counter is in sync at the coordinator's committed seq, and checks:
+//! so restart policies do not bring it back). Sometimes it SIGKILLs a container's process from the host
+//! instead, a crash as docker sees it, which the restart policy must repair alone. Then it heals (every
+//! container started), waits until every counter is in sync at the coordinator's committed seq, and
+//! checks:
 //!
 //! - the history ([`History::check`]) against the final counts read through the coordinator: no lost
 //!   write, no phantom write, atomic batches, every read within bounds;
 //! - batches spanning two fresh tenants: both counted in full or both not at all;
 //! - every counter, asked directly at its advertised URL, holds the same counts as the coordinator
 //!   answered, and advertises an address of its own container;
-//! - the containers' logs since the start of the drill hold no panic and no fatal start error.
+//! - the containers' logs since the start of the drill hold no panic and no fatal start error, and no
+//!   container was started more often than the drill caused (it stopped on its own).
 //!
 //! It prints one summary line and exits non-zero on any violation. Writes go to tenants named after the
 //! run, so the drill can run on a cluster holding other data.
@@ -33,6 +36,27 @@ use dc_tests::history::{History, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage::proto::{ClusterView, CounterCount, CounterStatus};
+
+/// A progress line on stderr, stamped with UTC wall-clock time to match the services' logs.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("chaos {}: {}", utc_now(), format!($($arg)*))
+    };
+}
+
+fn utc_now() -> String {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = t.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        t.subsec_millis()
+    )
+}
 
 /// Per-request timeout of every HTTP call the drill makes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,6 +215,9 @@ enum Fault {
     CoordinatorAndCounter,
     /// Every container at once.
     All,
+    /// SIGKILL to a container's process from the host, not through docker: its restart policy must
+    /// bring it back on its own (only where the engine's processes are visible, i.e. a local engine).
+    Crash,
 }
 
 impl Fault {
@@ -202,6 +229,7 @@ impl Fault {
             Fault::Coordinator => "coordinator",
             Fault::CoordinatorAndCounter => "coordinator+counter",
             Fault::All => "all",
+            Fault::Crash => "crash",
         }
     }
 }
@@ -212,6 +240,10 @@ struct FaultLog {
     kills: u64,
     starts: u64,
     docker_errors: u64,
+    /// Starts the drill caused, by container name: its `docker start`s and the restarts after crashes.
+    caused_starts: BTreeMap<String, u64>,
+    /// Crashed containers their restart policy did not bring back.
+    not_restarted: Vec<String>,
 }
 
 /// Kills and restarts containers until `end`, then starts every container of the project again.
@@ -231,6 +263,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
     let mut log = FaultLog::default();
     // Killed containers and when to start them again.
     let mut down: Vec<(Container, Instant)> = Vec::new();
+    let mut can_crash = true;
 
     loop {
         let pause = Duration::from_millis(rng.random_range(2_000..6_000));
@@ -254,14 +287,46 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
         let coordinator_up = !is_down(&coordinator, &down);
         let roll = rng.random_range(0..100);
         let fault = match roll {
-            0..=44 if !up.is_empty() => Fault::Counter,
-            45..=49 if !up.is_empty() => Fault::CounterLong,
-            50..=64 if up.len() >= 2 => Fault::TwoCounters,
-            65..=81 if coordinator_up => Fault::Coordinator,
-            82..=91 if coordinator_up && !up.is_empty() => Fault::CoordinatorAndCounter,
-            92..=99 => Fault::All,
+            0..=47 if !up.is_empty() => Fault::Counter,
+            48..=52 if !up.is_empty() => Fault::CounterLong,
+            53..=64 if up.len() >= 2 => Fault::TwoCounters,
+            65..=76 if coordinator_up => Fault::Coordinator,
+            77..=82 if coordinator_up && !up.is_empty() => Fault::CoordinatorAndCounter,
+            83..=94 if can_crash && coordinator_up && !up.is_empty() => Fault::Crash,
+            95..=99 => Fault::All,
             _ => continue,
         };
+        if fault == Fault::Crash {
+            let victim = if rng.random_bool(0.25) {
+                coordinator.clone()
+            } else {
+                up[rng.random_range(0..up.len())].clone()
+            };
+            say!("fault crash kills the process of {}", victim.name);
+            match crash(&victim).await {
+                Ok(Crashed::Restarted) => {
+                    *log.by_kind.entry(fault).or_default() += 1;
+                    *log.caused_starts.entry(victim.name.clone()).or_default() += 1;
+                }
+                Ok(Crashed::NotRestarted) => {
+                    *log.by_kind.entry(fault).or_default() += 1;
+                    log.not_restarted.push(format!(
+                        "{} was not restarted by its restart policy within {CRASH_RESTART:?} of a crash",
+                        victim.name
+                    ));
+                    start(&victim, &mut log).await;
+                }
+                Ok(Crashed::Invisible) => {
+                    say!("cannot see the containers' processes: no crash faults");
+                    can_crash = false;
+                }
+                Err(e) => {
+                    log.docker_errors += 1;
+                    say!("{e:#}");
+                }
+            }
+            continue;
+        }
         let mut victims: Vec<(Container, Duration)> = Vec::new();
         let mut pick_counters = |n: usize, rng: &mut StdRng, long: bool| {
             let mut pool = up.clone();
@@ -280,7 +345,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             Fault::CounterLong => pick_counters(1, &mut rng, true),
             Fault::TwoCounters => pick_counters(2, &mut rng, false),
             Fault::CoordinatorAndCounter => pick_counters(1, &mut rng, false),
-            Fault::Coordinator => {}
+            Fault::Coordinator | Fault::Crash => {}
             Fault::All => {
                 let mut pool = up.clone();
                 pool.sort_by_key(|c| c.name.clone());
@@ -303,7 +368,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             ));
         }
         let names: Vec<&str> = victims.iter().map(|(c, _)| c.name.as_str()).collect();
-        eprintln!("chaos: fault {} kills {}", fault.name(), names.join(", "));
+        say!("fault {} kills {}", fault.name(), names.join(", "));
         *log.by_kind.entry(fault).or_default() += 1;
         // Kill them all first, so "all" and "coordinator+counter" are simultaneous.
         for (c, _) in &victims {
@@ -311,7 +376,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
                 Ok(_) => log.kills += 1,
                 Err(e) => {
                     log.docker_errors += 1;
-                    eprintln!("chaos: {e}");
+                    say!("{e}");
                 }
             }
         }
@@ -328,15 +393,123 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
     Ok(log)
 }
 
+/// How long a crashed container's restart policy gets to bring it back.
+const CRASH_RESTART: Duration = Duration::from_secs(15);
+
+enum Crashed {
+    Restarted,
+    NotRestarted,
+    /// The container's process is not visible from here (a remote engine, another pid namespace).
+    Invisible,
+}
+
+/// Kills a container's process with SIGKILL from the host (a crash, as far as docker knows), then
+/// waits for its restart policy to start it again.
+async fn crash(c: &Container) -> Result<Crashed> {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c.id]).await?;
+    let pid = pid.trim();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    if pid == "0" || exe.as_ref().and_then(|e| e.file_name()) != Some(c.service.as_ref()) {
+        return Ok(Crashed::Invisible);
+    }
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]).await?;
+    let killed = tokio::process::Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .await?;
+    if !killed.success() {
+        return Ok(Crashed::Invisible);
+    }
+    let deadline = Instant::now() + CRASH_RESTART;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]).await?;
+        if now != started && is_running(&c.id).await {
+            return Ok(Crashed::Restarted);
+        }
+    }
+    Ok(Crashed::NotRestarted)
+}
+
+/// Follows `docker events` for the starts of the project's containers while the drill runs (the
+/// engine keeps only a short backlog of events, and health checks fill it quickly).
+struct StartWatch {
+    child: std::process::Child,
+    names: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Drop for StartWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl StartWatch {
+    fn spawn(project: &str) -> Result<StartWatch> {
+        let mut child = std::process::Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                &format!("label=com.docker.compose.project={project}"),
+                "--filter",
+                "event=start",
+                "--format",
+                "{{.Actor.Attributes.name}}",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot run docker events")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let names = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect()
+        });
+        Ok(StartWatch {
+            child,
+            names: Some(names),
+        })
+    }
+
+    /// Containers started more often than the drill caused: they stopped on their own and their
+    /// restart policy brought them back (a crash the logs may not show, e.g. an abort).
+    fn unexpected(mut self, log: &FaultLog) -> Vec<String> {
+        // Let the last events arrive, then end our own `docker events`.
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let names = self.names.take().map(|n| n.join().unwrap_or_default());
+        for name in names.unwrap_or_default() {
+            *seen.entry(name.trim().to_owned()).or_default() += 1;
+        }
+        seen.into_iter()
+            .filter_map(|(name, n)| {
+                let caused = log.caused_starts.get(&name).copied().unwrap_or(0);
+                (n > caused).then(|| {
+                    format!(
+                        "{name} started {n} times, {caused} by the drill: it stopped on its own"
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 async fn start(c: &Container, log: &mut FaultLog) {
     match docker(&["start", &c.id]).await {
         Ok(_) => {
             log.starts += 1;
-            eprintln!("chaos: started {}", c.name);
+            *log.caused_starts.entry(c.name.clone()).or_default() += 1;
+            say!("started {}", c.name);
         }
         Err(e) => {
             log.docker_errors += 1;
-            eprintln!("chaos: {e}");
+            say!("{e}");
         }
     }
 }
@@ -359,6 +532,8 @@ struct Shared {
 struct Client {
     http: reqwest::Client,
     base: String,
+    /// Why POSTs were not acknowledged: answer or error, and how often.
+    failures: Mutex<BTreeMap<String, u64>>,
     history: Arc<History>,
 }
 
@@ -378,14 +553,42 @@ impl Client {
         {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let _ = resp.bytes().await;
+                let body = resp.bytes().await;
+                if status != 200 {
+                    let error = body
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["error"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    self.note(format!("{status} {error}"));
+                }
                 Some(status)
             }
-            Err(_) => None,
+            Err(e) => {
+                let kind = if e.is_connect() {
+                    "connect"
+                } else if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "no answer"
+                };
+                self.note(format!("{kind} error"));
+                None
+            }
         };
         let outcome = Outcome::from_status(status);
         self.history.write(invoked, items, outcome);
         outcome
+    }
+
+    /// Counts why a POST was not acknowledged (digits dropped, so similar errors group).
+    fn note(&self, why: String) {
+        let key: String = why
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(100)
+            .collect();
+        *self.failures.lock().unwrap().entry(key).or_default() += 1;
     }
 
     /// GET count through the coordinator; recorded in the history when answered.
@@ -505,12 +708,18 @@ impl Writer {
                 self.shared.fresh.lock().unwrap().extend(tenants);
                 (BatchKind::Fresh, items)
             };
-            match self.client.post(&items).await {
-                Outcome::Ok => Self::remember(&mut self.acked, kind, &items),
-                Outcome::Unknown => Self::remember(&mut self.unknown, kind, &items),
-                Outcome::Failed => {}
-            }
-            let pause = self.rng.random_range(5..40);
+            let pause = match self.client.post(&items).await {
+                Outcome::Ok => {
+                    Self::remember(&mut self.acked, kind, &items);
+                    self.rng.random_range(5..40)
+                }
+                // Back off a little while the cluster cannot take writes.
+                Outcome::Unknown => {
+                    Self::remember(&mut self.unknown, kind, &items);
+                    self.rng.random_range(100..300)
+                }
+                Outcome::Failed => self.rng.random_range(100..300),
+            };
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
@@ -674,15 +883,22 @@ async fn final_counts(
             .map(|m| (m.node_id.clone(), m.url.clone()))
             .collect(),
     );
+    let failures = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for part in 0..TASKS {
         let mine: Vec<String> = tenants.iter().skip(part).step_by(TASKS).cloned().collect();
-        let (http, base, members) = (http.clone(), base.to_owned(), members.clone());
+        let (http, base, members, failures) = (
+            http.clone(),
+            base.to_owned(),
+            members.clone(),
+            failures.clone(),
+        );
         tasks.spawn(async move {
             let mut counts = BTreeMap::new();
             let mut problems = Vec::new();
             for t in mine {
                 let mut count = None;
+                // Retries, until failures pile up: then the coordinator is not coming back soon.
                 for _ in 0..5 {
                     let url = format!("{base}/items/{}/count", encode(&t));
                     match get_json::<serde_json::Value>(&http, &url).await {
@@ -690,7 +906,10 @@ async fn final_counts(
                             count = v["count"].as_u64();
                             break;
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                        _ if failures.fetch_add(1, Ordering::Relaxed) < 50 => {
+                            tokio::time::sleep(Duration::from_millis(500)).await
+                        }
+                        _ => break,
                     }
                 }
                 // A missing count is reported by the history check.
@@ -774,18 +993,18 @@ async fn main() {
 async fn drill() -> Result<bool> {
     let s = Settings::load()?;
     let began = Instant::now();
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)?
-        .as_secs()
-        .saturating_sub(1);
+    let began_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+    let since = (began_unix as u64).saturating_sub(1);
     let run = format!("chaos-{since}-{}", s.seed);
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
         .build()?;
-    eprintln!(
-        "chaos: seed {} (replay with CHAOS_SEED={}), {} s of faults, tenants {run}-*",
-        s.seed, s.seed, s.secs
+    say!(
+        "seed {} (replay with CHAOS_SEED={}), {} s of faults, tenants {run}-*",
+        s.seed,
+        s.seed,
+        s.secs
     );
 
     let all = containers(&s.project).await?;
@@ -804,8 +1023,8 @@ async fn drill() -> Result<bool> {
     )
     .await
     .context("the cluster is not ready before the drill")?;
-    eprintln!(
-        "chaos: {n_counters} counters in sync at seq {}",
+    say!(
+        "{n_counters} counters in sync at seq {}",
         before.committed_seq
     );
 
@@ -814,6 +1033,7 @@ async fn drill() -> Result<bool> {
     let client = Arc::new(Client {
         http: http.clone(),
         base: s.url.clone(),
+        failures: Mutex::default(),
         history: history.clone(),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -842,6 +1062,7 @@ async fn drill() -> Result<bool> {
         )));
     }
 
+    let watch = StartWatch::spawn(&s.project)?;
     let end = Instant::now() + Duration::from_secs(s.secs);
     let faults = inject_faults(&s.project, s.seed, end).await;
     stop.store(true, Ordering::Relaxed);
@@ -862,34 +1083,25 @@ async fn drill() -> Result<bool> {
     let mut violations: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let (seq, divergences, final_counts) = match &converged {
         Ok((view, members)) => {
-            let (counts, div) = final_counts(
-                &http,
-                &s.url,
-                members,
-                view.committed_seq,
-                history.tenants().into_iter().collect(),
-            )
-            .await;
-            (view.committed_seq.to_string(), div, counts)
+            let tenants = history.tenants().into_iter().collect();
+            let (counts, div) =
+                final_counts(&http, &s.url, members, view.committed_seq, tenants).await;
+            (view.committed_seq.to_string(), div, Some(counts))
         }
         Err(e) => {
             violations
                 .entry("convergence")
                 .or_default()
                 .push(format!("{e:#}"));
-            // Still check the history against what the coordinator answers now.
-            let (counts, _) = final_counts(
-                &http,
-                &s.url,
-                &[],
-                0,
-                history.tenants().into_iter().collect(),
-            )
-            .await;
-            ("?".to_owned(), Vec::new(), counts)
+            ("? (not converged)".to_owned(), Vec::new(), None)
         }
     };
-    let report = history.check(&final_counts);
+    // Without convergence there are no final counts to check the history against: only its figures.
+    let mut report = history.check(final_counts.as_ref().unwrap_or(&BTreeMap::new()));
+    if final_counts.is_none() {
+        report.violations.clear();
+    }
+    let final_counts = final_counts.unwrap_or_default();
     violations
         .entry("history")
         .or_default()
@@ -911,14 +1123,35 @@ async fn drill() -> Result<bool> {
     let logs = scan_logs(&s.project, since).await?;
     violations.entry("panics").or_default().extend(logs.panics);
     violations.entry("fatal").or_default().extend(logs.fatal);
+    let restarts = watch.unexpected(&faults);
+    violations
+        .entry("self-restarts")
+        .or_default()
+        .extend(restarts);
+    violations
+        .entry("restart-policy")
+        .or_default()
+        .extend(faults.not_restarted.iter().cloned());
+
+    let mut why: Vec<(u64, String)> = client
+        .failures
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (*n, k.clone()))
+        .collect();
+    why.sort_by(|a, b| b.cmp(a));
+    for (n, k) in why.iter().take(8) {
+        say!("{n:>6} POSTs not acknowledged: {k}");
+    }
 
     let total: usize = violations.values().map(Vec::len).sum();
     for (kind, list) in &violations {
         for v in list.iter().take(20) {
-            eprintln!("chaos: violation ({kind}): {v}");
+            say!("violation ({kind}): {v}");
         }
         if list.len() > 20 {
-            eprintln!("chaos: ... and {} more {kind} violations", list.len() - 20);
+            say!("... and {} more {kind} violations", list.len() - 20);
         }
     }
     let fault_figures: Vec<String> = faults
