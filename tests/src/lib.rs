@@ -16,20 +16,22 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use storage::proto::{ClusterView, CounterCount, CounterStatus};
 
-/// Where cargo put the binaries: the test executable lives in `<target>/<profile>/deps/`.
+/// Where cargo put the binaries: next to this executable (a workspace binary such as `bench`), or one
+/// level up (a test executable lives in `<target>/<profile>/deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make test`, or `cargo build --bins --features coordinator/crash-points,counter/crash-points` first",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [
+        dir.join(name),
+        dir.parent().map_or_else(PathBuf::new, |up| up.join(name)),
+    ];
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: run `make test`, or `cargo build --bins --features coordinator/crash-points,counter/crash-points` first",
+            exe.display()
+        )
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
