@@ -227,21 +227,53 @@ impl History {
             }
         }
 
+        // Read bounds, per tenant, by sweeping writes and reads in time order (a history has thousands
+        // of both): `lower` grows with each acknowledged write completed before a read began,
+        // `upper` with each write not refused that began before the read ended.
+        let mut reads_by_tenant: BTreeMap<&str, Vec<&Read>> = BTreeMap::new();
         for r in &reads {
-            let ws = by_tenant
-                .get(r.tenant.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let lower =
-                distinct(ws, &|w| w.outcome == Outcome::Ok && w.completed < r.invoked) as u64;
-            let upper = distinct(ws, &|w| {
-                w.outcome != Outcome::Failed && w.invoked < r.completed
-            }) as u64;
-            if r.value < lower || r.value > upper {
-                report.violations.push(format!(
-                    "read of {:?} at {:?}..{:?} saw {}, expected {lower}..={upper}",
-                    r.tenant, r.invoked, r.completed, r.value
-                ));
+            reads_by_tenant
+                .entry(r.tenant.as_str())
+                .or_default()
+                .push(r);
+        }
+        for (tenant, rs) in reads_by_tenant {
+            let ws = by_tenant.get(tenant).map(Vec::as_slice).unwrap_or(&[]);
+            // For each read (by index in `rs`): distinct ids of the events strictly before `at(read)`.
+            let sweep = |mut events: Vec<(Duration, &BTreeSet<&str>)>,
+                         at: &dyn Fn(&Read) -> Duration| {
+                events.sort_by_key(|e| e.0);
+                let mut order: Vec<usize> = (0..rs.len()).collect();
+                order.sort_by_key(|&i| at(rs[i]));
+                let mut out = vec![0u64; rs.len()];
+                let mut seen: BTreeSet<&str> = BTreeSet::new();
+                let mut next = 0;
+                for i in order {
+                    while next < events.len() && events[next].0 < at(rs[i]) {
+                        seen.extend(events[next].1.iter().copied());
+                        next += 1;
+                    }
+                    out[i] = seen.len() as u64;
+                }
+                out
+            };
+            let acked = ws
+                .iter()
+                .filter(|(w, _)| w.outcome == Outcome::Ok)
+                .map(|(w, ids)| (w.completed, ids));
+            let lower = sweep(acked.collect(), &|r| r.invoked);
+            let attempted = ws
+                .iter()
+                .filter(|(w, _)| w.outcome != Outcome::Failed)
+                .map(|(w, ids)| (w.invoked, ids));
+            let upper = sweep(attempted.collect(), &|r| r.completed);
+            for (i, r) in rs.iter().enumerate() {
+                if r.value < lower[i] || r.value > upper[i] {
+                    report.violations.push(format!(
+                        "read of {:?} at {:?}..{:?} saw {}, expected {}..={}",
+                        r.tenant, r.invoked, r.completed, r.value, lower[i], upper[i]
+                    ));
+                }
             }
         }
         report
@@ -315,5 +347,20 @@ mod tests {
         h.write(invoked, &items("a", &["1"]), Outcome::Ok);
         h.read(h.now(), "a", 1);
         assert!(h.check(&counts(&[("a", 1)])).ok());
+    }
+
+    #[test]
+    fn a_stale_read_among_fresh_ones_is_caught() {
+        let h = History::new();
+        h.read(h.now(), "a", 0);
+        h.write(h.now(), &items("a", &["1", "2"]), Outcome::Ok);
+        h.read(h.now(), "a", 2);
+        h.read(h.now(), "a", 1);
+        h.write(h.now(), &items("a", &["3"]), Outcome::Failed);
+        h.read(h.now(), "a", 3);
+        let report = h.check(&counts(&[("a", 2)]));
+        assert_eq!(report.violations.len(), 2, "{report}");
+        assert!(report.violations[0].contains("saw 1, expected 2..=2"), "{report}");
+        assert!(report.violations[1].contains("saw 3, expected 2..=2"), "{report}");
     }
 }

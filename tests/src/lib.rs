@@ -424,6 +424,26 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits until every running counter is in sync and all agree at the committed seq, then checks
+    /// `history` against the final counts (panicking on a violation). Returns the counts.
+    pub async fn converge_and_check(
+        &mut self,
+        history: &history::History,
+        timeout: Duration,
+    ) -> BTreeMap<String, u64> {
+        let tenants: Vec<String> = history.tenants().into_iter().collect();
+        let counts = self
+            .converged(&tenants, timeout)
+            .await
+            .expect("cluster did not converge");
+        let report = history.check(&counts);
+        eprintln!("{report}");
+        assert!(report.ok(), "{report}");
+        counts
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -473,7 +493,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// POSTs `(id, tenant)` items, records the outcome in `history`, and returns it with the status
-    /// (`None`: no answer, e.g. connection refused or reset).
+    /// (`None`: no answer; a refused connection is a failure, a reset or timeout an unknown outcome).
     pub async fn post_recorded(
         &self,
         history: &history::History,
@@ -495,6 +515,11 @@ impl ApiClient {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 resp.bytes().await.ok().map(|_| status)
+            }
+            // A refused connection never reached the coordinator: nothing was written.
+            Err(e) if e.is_connect() => {
+                history.write(invoked, items, history::Outcome::Failed);
+                return (history::Outcome::Failed, None);
             }
             Err(_) => None,
         };

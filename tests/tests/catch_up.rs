@@ -26,18 +26,6 @@ async fn write_acked(api: &ApiClient, history: &History, prefix: &str, n: usize,
     }
 }
 
-async fn converge_and_check(cluster: &mut Cluster, history: &History) -> BTreeMap<String, u64> {
-    let tenants: Vec<String> = history.tenants().into_iter().collect();
-    let counts = cluster
-        .converged(&tenants, CONVERGE)
-        .await
-        .expect("cluster did not converge");
-    let report = history.check(&counts);
-    eprintln!("{report}");
-    assert!(report.ok(), "{report}");
-    counts
-}
-
 fn assert_all(counts: &BTreeMap<String, u64>, prefix: &str, n: usize, size: u64) {
     for i in 0..n {
         let tenant = format!("{prefix}-{i}");
@@ -84,7 +72,7 @@ async fn incremental_catch_up_sends_only_the_missed_commits() {
         "the log reached back far enough: no snapshot expected: {view:?}"
     );
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_all(&counts, "before", N, 3);
     assert_all(&counts, "missed", M, 3);
 }
@@ -111,7 +99,7 @@ async fn snapshot_when_the_log_was_trimmed() {
         "the log was trimmed past the counter: a snapshot was expected: {view:?}"
     );
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_all(&counts, "before", 4, 3);
     assert_all(&counts, "missed", 12, 3);
 }
@@ -181,7 +169,7 @@ async fn writes_keep_flowing_during_a_sync() {
         "no write completed while the counter caught up"
     );
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     for w in 0..4 {
         assert_all(&counts, &format!("backlog-{w}"), 60, 5);
     }
@@ -227,7 +215,7 @@ async fn a_lagging_counter_rejoins_without_restart() {
     assert_eq!(c.counters[0].pid(), Some(pid), "rejoined without a restart");
     write_acked(&api, &h, "after", 3, 3).await;
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!(counts["while-stopped"], 4);
 }
 
@@ -305,7 +293,7 @@ async fn writes_stay_available_when_a_counter_dies() {
     );
 
     c.start_counter(1, &[]).await.unwrap();
-    converge_and_check(&mut c, &h).await;
+    c.converge_and_check(&h, CONVERGE).await;
 }
 
 /// A snapshot catch-up ends even when writes trim the log faster than a snapshot is sent: the log is
@@ -360,6 +348,6 @@ async fn snapshot_catch_up_ends_under_a_steady_write_load() {
         "every POST during the sync must succeed"
     );
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_all(&counts, "backlog", 100, 5);
 }

@@ -7,7 +7,6 @@
 //! Every test first checks that the armed process really died at its point (SIGABRT and the point's
 //! name in its log), so a crash point that is never reached fails the test instead of passing it.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,20 +75,6 @@ fn recovered(service: &Service) -> (u64, u64) {
     (field("last_applied="), field("in_doubt="))
 }
 
-/// Waits until every counter is in sync and all agree at the committed seq, then checks the history
-/// against the final counts. Returns the counts.
-async fn converge_and_check(cluster: &mut Cluster, history: &History) -> BTreeMap<String, u64> {
-    let tenants: Vec<String> = history.tenants().into_iter().collect();
-    let counts = cluster
-        .converged(&tenants, CONVERGE)
-        .await
-        .expect("cluster did not converge");
-    let report = history.check(&counts);
-    eprintln!("{report}");
-    assert!(report.ok(), "{report}");
-    counts
-}
-
 /// Restarts counter `i` with `point` armed and waits until it is back in the write set, so the next
 /// round includes it.
 async fn arm_counter(cluster: &mut Cluster, i: usize, point: &str) {
@@ -140,7 +125,7 @@ async fn counter_2pc_crash(point: &str) {
     c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
     write_acked(&api, &h, "after", 3, 3).await;
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!(counts["in-round"], 5);
     if point == "counter-after-prepare" {
         assert!(
@@ -211,7 +196,7 @@ async fn counter_sync_crash(options: Options, backlog: usize, point: &str) -> (C
         stats.outcomes
     );
 
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     for i in 0..backlog {
         assert_eq!(counts[&format!("backlog-{i}")], 3);
     }
@@ -306,7 +291,7 @@ async fn coordinator_decision_crash(
     c.start_coordinator(&[]).await.unwrap();
     let api = c.api_client();
     write_acked(&api, &h, "after", 3, 3).await;
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!(
         counts["in-doubt"], 5,
         "the decision was flushed before {point}: the batch is committed"
@@ -373,7 +358,7 @@ async fn coordinator_mid_sync() {
     c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
     let api = c.api_client();
     write_acked(&api, &h, "after", 3, 3).await;
-    let counts = converge_and_check(&mut c, &h).await;
+    let counts = c.converge_and_check(&h, CONVERGE).await;
     for i in 0..30 {
         assert_eq!(counts[&format!("backlog-{i}")], 3);
     }

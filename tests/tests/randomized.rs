@@ -10,64 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dc_tests::history::{History, Outcome};
-use dc_tests::{encode, Cluster, Options};
+use dc_tests::{ApiClient, Cluster, Options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const HOT_TENANTS: usize = 3;
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    history: Arc<History>,
-}
-
-impl Client {
-    async fn post(&self, items: &[(String, String)]) -> Outcome {
-        let body: Vec<_> = items
-            .iter()
-            .map(|(id, t)| serde_json::json!({"id": id, "tenant": t}))
-            .collect();
-        let invoked = self.history.now();
-        let outcome = match self
-            .http
-            .post(format!("{}/items", self.base))
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(resp) => Outcome::from_status(Some(resp.status().as_u16())),
-            // Refused connection: the request never reached the coordinator.
-            Err(e) if e.is_connect() => Outcome::Failed,
-            Err(_) => Outcome::Unknown,
-        };
-        self.history.write(invoked, items, outcome);
-        outcome
-    }
-
-    async fn read(&self, tenant: &str) {
-        let invoked = self.history.now();
-        let Ok(resp) = self
-            .http
-            .get(format!("{}/items/{}/count", self.base, encode(tenant)))
-            .send()
-            .await
-        else {
-            return;
-        };
-        if resp.status() != 200 {
-            return;
-        }
-        if let Ok(body) = resp.json::<serde_json::Value>().await {
-            if let Some(n) = body["count"].as_u64() {
-                self.history.read(invoked, tenant, n);
-            }
-        }
-    }
-}
-
 async fn writer(
-    client: Arc<Client>,
+    client: ApiClient,
+    history: Arc<History>,
     seed: u64,
     w: usize,
     ids: Arc<AtomicU64>,
@@ -99,18 +50,17 @@ async fn writer(
                 })
                 .collect()
         };
-        if client.post(&items).await == Outcome::Ok {
+        if client.post_recorded(&history, &items).await.0 == Outcome::Ok {
             acked.push(items);
         }
     }
 }
 
-async fn reader(client: Arc<Client>, seed: u64, stop: Arc<AtomicBool>) {
+async fn reader(client: ApiClient, history: Arc<History>, seed: u64, stop: Arc<AtomicBool>) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5151);
     while !stop.load(Ordering::SeqCst) {
-        client
-            .read(&format!("hot-{}", rng.random_range(0..HOT_TENANTS)))
-            .await;
+        let tenant = format!("hot-{}", rng.random_range(0..HOT_TENANTS));
+        client.get_count_recorded(&history, &tenant).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
     }
 }
@@ -139,21 +89,14 @@ async fn random_kills_keep_every_invariant() {
     };
     let mut cluster = Cluster::start(options).await.expect("cluster starts");
     let history = Arc::new(History::new());
-    let client = Arc::new(Client {
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
-        base: cluster.url(),
-        history: history.clone(),
-    });
+    let client = cluster.api_client();
     let stop = Arc::new(AtomicBool::new(false));
     let ids = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..4 {
         tasks.push(tokio::spawn(writer(
             client.clone(),
+            history.clone(),
             seed,
             w,
             ids.clone(),
@@ -161,7 +104,12 @@ async fn random_kills_keep_every_invariant() {
         )));
     }
     for r in 0..2 {
-        tasks.push(tokio::spawn(reader(client.clone(), seed + r, stop.clone())));
+        tasks.push(tokio::spawn(reader(
+            client.clone(),
+            history.clone(),
+            seed + r,
+            stop.clone(),
+        )));
     }
 
     let mut rng = StdRng::seed_from_u64(seed);
