@@ -360,7 +360,13 @@ mod tests {
         h.read(h.now(), "a", 3);
         let report = h.check(&counts(&[("a", 2)]));
         assert_eq!(report.violations.len(), 2, "{report}");
-        assert!(report.violations[0].contains("saw 1, expected 2..=2"), "{report}");
-        assert!(report.violations[1].contains("saw 3, expected 2..=2"), "{report}");
+        assert!(
+            report.violations[0].contains("saw 1, expected 2..=2"),
+            "{report}"
+        );
+        assert!(
+            report.violations[1].contains("saw 3, expected 2..=2"),
+            "{report}"
+        );
     }
 }

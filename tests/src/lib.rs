@@ -528,6 +528,27 @@ impl ApiClient {
         (outcome, status)
     }
 
+    /// `n` POSTs one after the other (so `n` rounds), each a batch of `size` items to a fresh tenant
+    /// `<prefix>-<i>`; all must succeed.
+    pub async fn write_acked(
+        &self,
+        history: &history::History,
+        prefix: &str,
+        n: usize,
+        size: usize,
+    ) {
+        for i in 0..n {
+            let (outcome, status) = self
+                .post_recorded(history, &batch(&format!("{prefix}-{i}"), size))
+                .await;
+            assert_eq!(
+                outcome,
+                history::Outcome::Ok,
+                "POST {prefix}-{i} answered {status:?}"
+            );
+        }
+    }
+
     /// GET the count of `tenant`; an answered read is recorded in `history` and returned.
     pub async fn get_count_recorded(
         &self,

@@ -7,24 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dc_tests::history::{History, Outcome};
-use dc_tests::{batch, ApiClient, Cluster, Load, Options};
+use dc_tests::{batch, Cluster, Load, Options};
 
 const CONVERGE: Duration = Duration::from_secs(15);
-
-/// `n` POSTs one after the other (so `n` rounds), each a batch of `size` items to a fresh tenant; all
-/// must succeed.
-async fn write_acked(api: &ApiClient, history: &History, prefix: &str, n: usize, size: usize) {
-    for i in 0..n {
-        let (outcome, status) = api
-            .post_recorded(history, &batch(&format!("{prefix}-{i}"), size))
-            .await;
-        assert_eq!(
-            outcome,
-            Outcome::Ok,
-            "POST {prefix}-{i} answered {status:?}"
-        );
-    }
-}
 
 fn assert_all(counts: &BTreeMap<String, u64>, prefix: &str, n: usize, size: u64) {
     for i in 0..n {
@@ -50,12 +35,12 @@ async fn incremental_catch_up_sends_only_the_missed_commits() {
     let mut c = Cluster::start(Options::default()).await.unwrap();
     let api = c.api_client();
     let h = History::new();
-    write_acked(&api, &h, "before", N, 3).await;
+    api.write_acked(&h, "before", N, 3).await;
 
     let applied_before = c.counter_status(0).await.unwrap().last_applied;
     assert_eq!(applied_before, c.view().await.unwrap().committed_seq);
     c.counters[0].kill();
-    write_acked(&api, &h, "missed", M, 3).await;
+    api.write_acked(&h, "missed", M, 3).await;
     let committed = c.view().await.unwrap().committed_seq;
     let missed = committed - applied_before;
     // Sequential POSTs are one round each.
@@ -88,10 +73,10 @@ async fn snapshot_when_the_log_was_trimmed() {
     .unwrap();
     let api = c.api_client();
     let h = History::new();
-    write_acked(&api, &h, "before", 4, 3).await;
+    api.write_acked(&h, "before", 4, 3).await;
 
     c.counters[0].kill();
-    write_acked(&api, &h, "missed", 12, 3).await;
+    api.write_acked(&h, "missed", 12, 3).await;
     c.start_counter(0, &[]).await.unwrap();
     let view = c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
     assert!(
@@ -115,14 +100,14 @@ async fn writes_keep_flowing_during_a_sync() {
     .unwrap();
     let api = c.api_client();
     let h = Arc::new(History::new());
-    write_acked(&api, &h, "before", 3, 3).await;
+    api.write_acked(&h, "before", 3, 3).await;
 
     // A backlog of 1,200 items: about 120 pages of 10.
     c.counters[0].kill();
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let (api, h) = (api.clone(), h.clone());
-            tokio::spawn(async move { write_acked(&api, &h, &format!("backlog-{w}"), 60, 5).await })
+            tokio::spawn(async move { api.write_acked(&h, &format!("backlog-{w}"), 60, 5).await })
         })
         .collect();
     for w in writers {
@@ -187,7 +172,7 @@ async fn a_lagging_counter_rejoins_without_restart() {
     .unwrap();
     let api = c.api_client();
     let h = History::new();
-    write_acked(&api, &h, "before", 3, 3).await;
+    api.write_acked(&h, "before", 3, 3).await;
 
     let pid = c.counters[0].pid().expect("counter 0 runs");
     let url = c.counters[0].url();
@@ -213,7 +198,7 @@ async fn a_lagging_counter_rejoins_without_restart() {
     assert_eq!(back.url, url);
     assert!(c.counters[0].is_running());
     assert_eq!(c.counters[0].pid(), Some(pid), "rejoined without a restart");
-    write_acked(&api, &h, "after", 3, 3).await;
+    api.write_acked(&h, "after", 3, 3).await;
 
     let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!(counts["while-stopped"], 4);
@@ -311,7 +296,7 @@ async fn snapshot_catch_up_ends_under_a_steady_write_load() {
     let api = c.api_client();
     let h = Arc::new(History::new());
     c.counters[0].kill();
-    write_acked(&api, &h, "backlog", 100, 5).await;
+    api.write_acked(&h, "backlog", 100, 5).await;
 
     let load = Load::start(
         api.clone(),

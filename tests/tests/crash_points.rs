@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dc_tests::history::{History, Outcome};
-use dc_tests::{batch, ApiClient, Cluster, Load, Options, Service};
+use dc_tests::{batch, Cluster, Load, Options, Service};
 use storage::proto::{paths, RegisterRequest};
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -24,20 +24,6 @@ fn small_pages(log_retention: u64) -> Options {
         log_retention,
         coordinator_args: vec!["--sync-page-items".into(), "10".into()],
         ..Options::default()
-    }
-}
-
-/// `n` POSTs one after the other, each a batch of `size` items to a fresh tenant; all must succeed.
-async fn write_acked(api: &ApiClient, history: &History, prefix: &str, n: usize, size: usize) {
-    for i in 0..n {
-        let (outcome, status) = api
-            .post_recorded(history, &batch(&format!("{prefix}-{i}"), size))
-            .await;
-        assert_eq!(
-            outcome,
-            Outcome::Ok,
-            "POST {prefix}-{i} answered {status:?}"
-        );
     }
 }
 
@@ -92,7 +78,7 @@ async fn counter_2pc_crash(point: &str) {
     let mut c = Cluster::start(Options::default()).await.unwrap();
     let api = c.api_client();
     let h = History::new();
-    write_acked(&api, &h, "before", 5, 3).await;
+    api.write_acked(&h, "before", 5, 3).await;
 
     arm_counter(&mut c, 0, point).await;
     let (outcome, status) = api.post_recorded(&h, &batch("in-round", 5)).await;
@@ -105,7 +91,7 @@ async fn counter_2pc_crash(point: &str) {
     // Sequential POSTs: the last round is the one the counter died in.
     let seq = c.view().await.unwrap().committed_seq;
 
-    write_acked(&api, &h, "while-down", 5, 3).await;
+    api.write_acked(&h, "while-down", 5, 3).await;
     c.start_counter(0, &[]).await.unwrap();
     // What the counter promised before dying is on its disk.
     let (last_applied, in_doubt) = recovered(&c.counters[0]);
@@ -123,7 +109,7 @@ async fn counter_2pc_crash(point: &str) {
         );
     }
     c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
-    write_acked(&api, &h, "after", 3, 3).await;
+    api.write_acked(&h, "after", 3, 3).await;
 
     let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!(counts["in-round"], 5);
@@ -154,11 +140,11 @@ async fn counter_sync_crash(options: Options, backlog: usize, point: &str) -> (C
     let mut c = Cluster::start(options).await.unwrap();
     let api = c.api_client();
     let h = Arc::new(History::new());
-    write_acked(&api, &h, "before", 5, 3).await;
+    api.write_acked(&h, "before", 5, 3).await;
     let applied_before = c.view().await.unwrap().committed_seq;
 
     c.counters[0].kill();
-    write_acked(&api, &h, "backlog", backlog, 3).await;
+    api.write_acked(&h, "backlog", backlog, 3).await;
 
     c.start_counter(0, &[("DC_CRASH_AT", point)]).await.unwrap();
     let load = Load::start(
@@ -256,7 +242,7 @@ async fn coordinator_decision_crash(
     let mut c = Cluster::start(Options::default()).await.unwrap();
     let api = c.api_client();
     let h = History::new();
-    write_acked(&api, &h, "before", 5, 3).await;
+    api.write_acked(&h, "before", 5, 3).await;
 
     flush_coordinator(&c).await;
     c.coordinator.kill();
@@ -290,7 +276,7 @@ async fn coordinator_decision_crash(
 
     c.start_coordinator(&[]).await.unwrap();
     let api = c.api_client();
-    write_acked(&api, &h, "after", 3, 3).await;
+    api.write_acked(&h, "after", 3, 3).await;
     let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!(
         counts["in-doubt"], 5,
@@ -318,11 +304,11 @@ async fn coordinator_mid_sync() {
     let mut c = Cluster::start(small_pages(100_000)).await.unwrap();
     let api = c.api_client();
     let h = Arc::new(History::new());
-    write_acked(&api, &h, "before", 5, 3).await;
+    api.write_acked(&h, "before", 5, 3).await;
     let applied_before = c.view().await.unwrap().committed_seq;
 
     c.counters[0].kill();
-    write_acked(&api, &h, "backlog", 30, 3).await;
+    api.write_acked(&h, "backlog", 30, 3).await;
 
     c.coordinator.kill();
     c.start_coordinator(&[("DC_CRASH_AT", point)])
@@ -357,7 +343,7 @@ async fn coordinator_mid_sync() {
     c.start_coordinator(&[]).await.unwrap();
     c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
     let api = c.api_client();
-    write_acked(&api, &h, "after", 3, 3).await;
+    api.write_acked(&h, "after", 3, 3).await;
     let counts = c.converge_and_check(&h, CONVERGE).await;
     for i in 0..30 {
         assert_eq!(counts[&format!("backlog-{i}")], 3);
