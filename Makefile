@@ -9,6 +9,7 @@ TEST_FEATURES = --features coordinator/crash-points,counter/crash-points
 .PHONY: test run build up down logs chaos clean-data bench fmt lint
 
 test:
+	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo build --workspace --bins $(TEST_FEATURES)
 	cargo nextest run --workspace $(TEST_FEATURES) --no-fail-fast
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -109,8 +109,9 @@ async fn health() -> Json<StatusBody> {
 
 async fn register(
     State(app): State<App>,
-    Json(req): Json<RegisterRequest>,
+    req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<Json<StatusBody>, ApiError> {
+    let req = internal_body(req)?;
     // A known in-sync counter re-registering from the same address keeps its state: what it
     // acknowledged is on its disk, while `last_applied` in the request may already be outdated by a
     // round that committed meanwhile. Reads check freshness anyway.
@@ -125,11 +126,18 @@ async fn register(
 
 async fn outcome(
     State(app): State<App>,
-    Json(req): Json<OutcomeQuery>,
+    req: Result<Json<OutcomeQuery>, JsonRejection>,
 ) -> Result<Json<Outcome>, ApiError> {
+    let req = internal_body(req)?;
     Ok(Json(app.txn.outcome(req.txid)?))
 }
 
 async fn cluster(State(app): State<App>) -> Result<Json<ClusterView>, ApiError> {
     Ok(Json(app.registry.view(app.txn.store().committed_seq()?)))
+}
+
+/// The body of an internal call, or our JSON error instead of the extractor's text.
+fn internal_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))
 }

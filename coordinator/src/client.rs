@@ -21,7 +21,7 @@ use crate::registry::Target;
 
 /// Extra COMMIT time allowed per item of the round: applying costs a few µs per item, so a large
 /// round must not look like a dead counter.
-const COMMIT_TIME_PER_ITEM: Duration = Duration::from_micros(20);
+const COMMIT_TIME_PER_ITEM: Duration = Duration::from_micros(50);
 
 #[derive(Clone)]
 pub struct CounterClient {

@@ -15,7 +15,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Time between two health checks of a counter.
-    #[arg(long, env = "HEALTH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub health_interval: Duration,
 
     /// Failed health checks in a row after which a counter is removed from the registration table.
@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "MAX_TENANT_BYTES", default_value_t = 256)]
     pub max_tenant_bytes: usize,
 
+    /// Most items accepted in one POST (413 beyond): one POST is one atomic round, and a round too
+    /// large to apply within the call timeouts would push every counter out of the write set.
+    #[arg(long, env = "MAX_ITEMS_PER_POST", default_value_t = 10_000)]
+    pub max_items_per_post: usize,
+
     /// Concurrent POSTs are merged into one 2PC round up to about this many items.
     #[arg(long, env = "MAX_ROUND_ITEMS", default_value_t = 10_000)]
     pub max_round_items: usize,
@@ -57,4 +62,13 @@ pub struct Config {
     /// Write the bound address here once recovered and listening (for scripts and tests using port 0).
     #[arg(long, env = "COORDINATOR_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
+}
+
+/// A duration like "10s" that is not zero (a zero interval would make the health ticker spin).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }

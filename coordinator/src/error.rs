@@ -21,14 +21,12 @@ pub enum ApiError {
     #[error("no replica can take the request: {0}")]
     Unavailable(String),
     /// The write may or may not have committed (a failure after the decision was logged). Retrying the
-    /// same items is safe: ids are counted once.
-    #[error("outcome unknown: {0}")]
+    /// same items is safe: ids are counted once. The cause is logged, not sent.
+    #[error("outcome unknown; re-sending the same items is safe")]
     Unknown(String),
     /// Local storage failed before any decision: nothing was written.
     #[error("storage failure")]
     Storage(String),
-    #[error("shutting down")]
-    ShuttingDown,
 }
 
 impl ApiError {
@@ -50,7 +48,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unknown(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if let ApiError::Storage(cause) | ApiError::Unknown(cause) = &self {

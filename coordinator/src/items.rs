@@ -9,6 +9,7 @@ use crate::error::ApiError;
 pub struct Limits {
     pub max_id_bytes: usize,
     pub max_tenant_bytes: usize,
+    pub max_items: usize,
 }
 
 const SHAPE: &str = r#"expected a JSON array of {"id": "...", "tenant": "..."} objects"#;
@@ -19,6 +20,13 @@ pub fn parse(body: &[u8], limits: Limits) -> Result<Vec<Item>, ApiError> {
     let array = value
         .as_array()
         .ok_or_else(|| ApiError::BadRequest(format!("body is not an array; {SHAPE}")))?;
+    if array.len() > limits.max_items {
+        return Err(ApiError::TooLarge(format!(
+            "{} items in one POST, at most {} allowed; split the batch",
+            array.len(),
+            limits.max_items
+        )));
+    }
     array
         .iter()
         .enumerate()
@@ -62,6 +70,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_id_bytes: 8,
         max_tenant_bytes: 8,
+        max_items: 3,
     };
 
     fn err(body: &str) -> String {
@@ -92,6 +101,20 @@ mod tests {
             ]
         );
         assert!(parse(b"[]", LIMITS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_too_many_items_as_too_large() {
+        let body = br#"[{"id":"1","tenant":"t"},{"id":"2","tenant":"t"},{"id":"3","tenant":"t"},{"id":"4","tenant":"t"}]"#;
+        match parse(body, LIMITS) {
+            Err(ApiError::TooLarge(msg)) => assert!(
+                msg.contains("4 items") && msg.contains("at most 3"),
+                "{msg}"
+            ),
+            other => panic!("expected too large, got {other:?}"),
+        }
+        let three = br#"[{"id":"1","tenant":"t"},{"id":"2","tenant":"t"},{"id":"3","tenant":"t"}]"#;
+        assert_eq!(parse(three, LIMITS).unwrap().len(), 3);
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub async fn run(
         limits: items::Limits {
             max_id_bytes: config.max_id_bytes,
             max_tenant_bytes: config.max_tenant_bytes,
+            max_items: config.max_items_per_post,
         },
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

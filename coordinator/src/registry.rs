@@ -138,7 +138,7 @@ impl Registry {
 
     /// Records a registration. A new counter starts lagging; a known one keeps its state but may have
     /// moved to a new URL (a restarted container gets a new address).
-    pub fn register(&self, id: &str, url: &str) -> storage::Result<bool> {
+    pub fn register(&self, id: &str, url: &str) -> storage::Result<()> {
         let mut members = self.lock();
         let known = members.contains_key(id);
         let m = members.entry(id.to_owned()).or_insert_with(|| Member {
@@ -163,7 +163,7 @@ impl Registry {
             m.record.url = url.to_owned();
             self.store.put_counter(id, &m.record)?;
         }
-        Ok(!known)
+        Ok(())
     }
 
     /// Counts a failed health check; returns how many failed in a row.

@@ -107,7 +107,9 @@ impl Syncer {
             let at = self.client.status(&target).await?.last_applied;
             let source = self.source(id, at).await;
             // Close enough, and what is left can come from a log: finish between two rounds.
-            if at + CLOSE_ENOUGH >= committed && source.as_ref().is_none_or(|s| s.log_reaches(at)) {
+            if at.saturating_add(CLOSE_ENOUGH) >= committed
+                && source.as_ref().is_none_or(|s| s.log_reaches(at))
+            {
                 break;
             }
             let Some(source) = source else { break };

@@ -33,8 +33,9 @@ use crate::registry::{Registry, Target};
 /// POSTs waiting for a round beyond this are refused with 503 rather than queued without bound.
 const MAX_QUEUED_REQUESTS: usize = 10_000;
 
-/// About the most items a 4 MiB POST can hold; sizes COMMIT timeouts when the real size is unknown.
-const LARGEST_ROUND: usize = 200_000;
+/// Sizes COMMIT timeouts in recovery, where the round's size is unknown: a round holds at most
+/// `max_round_items` plus one POST of up to `max_items_per_post`; this covers the defaults twice over.
+const LARGEST_ROUND: usize = 40_000;
 
 struct Request {
     items: Vec<Item>,
@@ -89,7 +90,9 @@ impl TxnManager {
                 mpsc::error::TrySendError::Full(_) => {
                     ApiError::Unavailable("too many writes queued; retry later".into())
                 }
-                mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
+                mpsc::error::TrySendError::Closed(_) => {
+                    ApiError::Unavailable("the write sequencer stopped".into())
+                }
             })?;
         answer
             .await

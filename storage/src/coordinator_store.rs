@@ -163,9 +163,4 @@ impl CoordinatorStore {
         self.registry.remove(id.as_bytes())?;
         Ok(())
     }
-
-    #[doc(hidden)]
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
 }

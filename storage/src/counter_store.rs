@@ -361,7 +361,7 @@ impl CounterStore {
         for key in self.log.range(..=u64_key(floor)).keys() {
             self.log.remove(key?)?;
         }
-        self.clear_prepared_before(txid + 1)
+        self.clear_prepared_before(txid.saturating_add(1))
     }
 
     /// The underlying database, for tests that inspect raw trees.

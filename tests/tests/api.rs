@@ -498,3 +498,26 @@ async fn reads_are_fresh_after_every_acknowledged_post() {
     let counts = c.converged(&["fresh".to_owned()], CONVERGE).await.unwrap();
     assert_eq!(counts["fresh"], 50);
 }
+
+/// The largest POST the defaults accept is one round that every counter applies in time (none drops
+/// out of the write set); one item more is refused whole.
+#[tokio::test]
+async fn the_largest_accepted_post_commits_everywhere_and_one_more_item_is_refused() {
+    let mut c = cluster().await;
+    let ids: Vec<String> = (0..10_001).map(|i| format!("id-{i}")).collect();
+    let over: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "big")).collect();
+    let (status, body) = c.post(&over).await.unwrap();
+    assert_failed("10,001 items", status, &body, 413, "at most 10000");
+    assert_eq!(c.count("big").await.unwrap(), 0);
+
+    c.post_ok(&over[..10_000]).await.unwrap();
+    assert_eq!(c.count("big").await.unwrap(), 10_000);
+    let view = c.view().await.unwrap();
+    assert!(
+        view.counters.iter().all(|m| m.state == "InSync"),
+        "{view:?}"
+    );
+    c.converged(&["big".to_owned()], Duration::from_secs(15))
+        .await
+        .unwrap();
+}
