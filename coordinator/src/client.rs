@@ -133,8 +133,14 @@ impl CounterClient {
         .await
     }
 
+    /// A 2PC call's timeout: the base allowance plus the time to write `items`.
     fn round_timeout(&self, items: usize) -> Duration {
-        self.call_timeout + COMMIT_TIME_PER_ITEM * items as u32
+        with_items(self.call_timeout, items)
+    }
+
+    /// A catch-up write's timeout: the read allowance plus the time to write `items`.
+    fn sync_timeout(&self, items: usize) -> Duration {
+        with_items(self.read_timeout, items)
     }
 
     pub async fn rollback(&self, to: &Target, txid: TxId) -> Result<(), CallError> {
@@ -193,13 +199,13 @@ impl CounterClient {
             to,
             paths::APPLY_LOG,
             &ApplyLogRequest { entries },
-            self.read_timeout + COMMIT_TIME_PER_ITEM * items as u32,
+            self.sync_timeout(items),
         )
         .await
     }
 
     pub async fn import(&self, to: &Target, items: Vec<Item>) -> Result<Applied, CallError> {
-        let timeout = self.read_timeout + COMMIT_TIME_PER_ITEM * items.len() as u32;
+        let timeout = self.sync_timeout(items.len());
         self.post(to, paths::IMPORT, &ImportRequest { items }, timeout)
             .await
     }
@@ -218,6 +224,10 @@ impl CounterClient {
         )
         .await
     }
+}
+
+fn with_items(base: Duration, items: usize) -> Duration {
+    base + COMMIT_TIME_PER_ITEM * items as u32
 }
 
 async fn decode<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, CallError> {
