@@ -6,14 +6,15 @@ PORT ?= 8080
 # Test builds compile in the crash points that tests use to kill a process at a named step.
 TEST_FEATURES = --features coordinator/crash-points,counter/crash-points
 
-.PHONY: test run build up down logs chaos clean-data bench fmt lint
+.PHONY: test run build up down logs cluster chaos clean-data bench fmt lint token
 
 test:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo build --workspace --bins $(TEST_FEATURES)
 	cargo nextest run --workspace $(TEST_FEATURES) --no-fail-fast
 
-# Coordinator on 127.0.0.1:$(PORT) and 3 counters as local processes; data under ./data. Ctrl-C stops all.
+# Coordinator on 127.0.0.1:$(PORT) (internal API on the next port) and 3 counters as local processes;
+# data and the cluster token (created on first use) under ./data. Ctrl-C stops all.
 run:
 	cargo build --bins
 	PORT=$(PORT) ./scripts/run-local.sh
@@ -52,9 +53,14 @@ build:
 	docker build -q -f docker/Dockerfile --target counter -t dc-counter:$(DC_TAG) $(DOCKER_CONTEXT)
 	@docker image prune -f --filter label=dc.project=distributed-counter >/dev/null
 
+# The cluster token of the compose cluster, a compose secret: created on first use, kept with the data.
+TOKEN_FILE = $(VOLUMES)/cluster-token
+token:
+	@./scripts/cluster-token.sh $(TOKEN_FILE) >/dev/null
+
 # Coordinator on $(BIND):$(PORT) and COUNTER_SCALE counters; on a running cluster, only what changed
 # (a new image, a new scale) is recreated or added. Waits until every container is healthy.
-up: build
+up: build token
 	@mkdir -p $(VOLUMES)/coordinator $(VOLUMES)/counters
 	$(COMPOSE) up -d --no-build --remove-orphans --scale counter=$(COUNTER_SCALE)
 	@echo "waiting for the containers to be healthy..."; \
@@ -74,7 +80,12 @@ down:
 logs:
 	$(COMPOSE) logs $(LOGS_FLAGS)
 
-# Deletes every service's data (stops the cluster first).
+# The operator's view (counters, states, seq), asked from the coordinator's internal listener inside its
+# container with the cluster token.
+cluster:
+	$(COMPOSE) exec -T coordinator /coordinator cluster
+
+# Deletes every service's data (stops the cluster first); the cluster token stays.
 clean-data: down
 	rm -rf $(VOLUMES)/coordinator $(VOLUMES)/counters
 
@@ -83,7 +94,7 @@ clean-data: down
 # cluster `make up` runs (and its data; the drill writes to tenants of its own).
 chaos: up
 	CHAOS_URL=http://127.0.0.1:$(PORT) CHAOS_PROJECT=$(COMPOSE_PROJECT) CHAOS_SECS=$(CHAOS_SECS) \
-	  $(RELEASE_DIR)/chaos
+	  CHAOS_TOKEN_FILE=$(TOKEN_FILE) $(RELEASE_DIR)/chaos
 
 fmt:
 	cargo fmt --all

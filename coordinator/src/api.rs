@@ -1,5 +1,8 @@
-//! HTTP layer of the coordinator: the public API and the counters' internal calls. Handlers parse,
-//! call the transaction manager, registry or syncer, and map errors; no protocol logic lives here.
+//! HTTP layer of the coordinator, on two listeners: the public API ([`public_router`]: items, counts,
+//! health) and the internal API ([`internal_router`]: the counters' registration and outcome queries,
+//! the operator's cluster view), every route of which requires the cluster token. Nothing internal is
+//! reachable from the public port, not even as a 401. Handlers parse, call the transaction manager,
+//! registry or syncer, and map errors; no protocol logic lives here.
 
 use std::sync::Arc;
 
@@ -9,8 +12,10 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use service::auth::{self, Auth};
 use storage::proto::{
-    paths, ClusterView, CountBody, Outcome, OutcomeQuery, RegisterRequest, StatusBody,
+    paths, ClusterView, CountBody, Outcome, OutcomeQuery, RegisterReply, RegisterRequest,
+    StatusBody,
 };
 use storage::CounterState;
 
@@ -28,16 +33,15 @@ pub struct App {
     pub client: CounterClient,
     pub syncer: Syncer,
     pub limits: Limits,
+    pub auth: Auth,
 }
 
-pub fn router(app: App, max_body_bytes: usize) -> Router {
+/// The public API.
+pub fn public_router(app: App, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/items", post(post_items))
         .route("/items/{tenant}/count", get(get_count))
         .route(paths::HEALTH, get(health))
-        .route(paths::REGISTER, post(register))
-        .route(paths::OUTCOME, post(outcome))
-        .route(paths::CLUSTER, get(cluster))
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; try POST /items or GET /items/{tenant}/count".into(),
@@ -46,6 +50,23 @@ pub fn router(app: App, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(app)
+}
+
+/// The internal API. The token check wraps every route and the fallbacks, so a caller without the
+/// token learns nothing, not even which paths exist.
+pub fn internal_router(app: App) -> Router {
+    let auth = app.auth.clone();
+    Router::new()
+        .route(paths::REGISTER, post(register))
+        .route(paths::OUTCOME, post(outcome))
+        .route(paths::CLUSTER, get(cluster))
+        .fallback(|| async { ApiError::NotFound("no such internal endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ))
 }
 
 async fn post_items(
@@ -110,8 +131,17 @@ async fn health() -> Json<StatusBody> {
 async fn register(
     State(app): State<App>,
     req: Result<Json<RegisterRequest>, JsonRejection>,
-) -> Result<Json<StatusBody>, ApiError> {
+) -> Result<Json<RegisterReply>, ApiError> {
     let req = internal_body(req)?;
+    let cluster_id = app.txn.store().cluster_id()?;
+    if let Some(theirs) = req.cluster_id.as_ref().filter(|c| **c != cluster_id) {
+        tracing::warn!(node = %req.node_id, counter_cluster = %theirs, %cluster_id,
+            "refused a counter of another cluster");
+        return Err(ApiError::Conflict(format!(
+            "counter {} belongs to cluster {theirs}; this coordinator's cluster is {cluster_id}",
+            req.node_id
+        )));
+    }
     // A known in-sync counter re-registering from the same address keeps its state: what it
     // acknowledged is on its disk, while `last_applied` in the request may already be outdated by a
     // round that committed meanwhile. Reads check freshness anyway.
@@ -121,7 +151,7 @@ async fn register(
     if app.registry.state(&req.node_id) == Some(CounterState::Lagging) {
         app.syncer.spawn(req.node_id);
     }
-    Ok(Json(StatusBody::success()))
+    Ok(Json(RegisterReply { cluster_id }))
 }
 
 async fn outcome(
@@ -133,7 +163,12 @@ async fn outcome(
 }
 
 async fn cluster(State(app): State<App>) -> Result<Json<ClusterView>, ApiError> {
-    Ok(Json(app.registry.view(app.txn.store().committed_seq()?)))
+    let store = app.txn.store();
+    let mut view = app
+        .registry
+        .view(store.cluster_id()?, store.committed_seq()?);
+    view.refused_calls = app.auth.refused_calls();
+    Ok(Json(view))
 }
 
 /// The body of an internal call, or our JSON error instead of the extractor's text.

@@ -1,9 +1,10 @@
 //! Outgoing calls to counters. Each call has its own timeout; every failure (refused, reset, timeout,
 //! non-2xx) is an error the caller treats as "this counter did not do it".
 //!
-//! Every call names the node it means in the [`NODE_HEADER`] header, and a counter with another
-//! identity refuses it: an address can change hands (a container restarted with another's IP, two
-//! replicas behind one name), and a sync or a vote must never be taken from the wrong replica.
+//! Every call carries the cluster token (see `service::auth`) and this cluster's id
+//! ([`CLUSTER_HEADER`]), and names the node it means in the [`NODE_HEADER`] header; a counter with
+//! another identity refuses it: an address can change hands (a container restarted with another's IP,
+//! two replicas behind one name), and a sync or a vote must never be taken from the wrong replica.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 use storage::proto::{
     paths, Applied, ApplyLogRequest, CommitRequest, CounterCount, CounterStatus,
     FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest, RollbackRequest,
-    SnapshotPage, SnapshotQuery, Vote, NODE_HEADER,
+    SnapshotPage, SnapshotQuery, Vote, CLUSTER_HEADER, NODE_HEADER,
 };
 use storage::{Item, LogEntry, Seq, TxId};
 
@@ -39,9 +40,22 @@ pub enum CallError {
 }
 
 impl CounterClient {
-    pub fn new(call_timeout: Duration, read_timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
+    pub fn new(
+        call_timeout: Duration,
+        read_timeout: Duration,
+        auth: &service::auth::Auth,
+        cluster_id: &str,
+    ) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            CLUSTER_HEADER,
+            cluster_id
+                .parse()
+                .expect("a cluster id is hex, created by the store"),
+        );
+        let http = auth
+            .client_builder()
+            .default_headers(headers)
             .connect_timeout(call_timeout)
             .build()
             .expect("a plain HTTP client always builds");

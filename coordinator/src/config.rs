@@ -6,9 +6,21 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
-    /// Address of the public API (and of the counters' internal calls).
+    /// Address of the public API: items, counts and health, nothing internal.
     #[arg(long, env = "COORDINATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the internal API (registration, outcome queries, the operator's cluster view), every
+    /// route of which requires the cluster token. Keep it on a private network: never publish it.
+    #[arg(
+        long,
+        env = "COORDINATOR_INTERNAL_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub internal_listen: SocketAddr,
+
+    #[command(flatten)]
+    pub auth: service::auth::AuthArgs,
 
     /// Data directory (a sled database: registration table, decisions).
     #[arg(long, env = "COORDINATOR_DATA_DIR", default_value = "data/coordinator")]
@@ -59,7 +71,8 @@ pub struct Config {
     #[arg(long, env = "SYNC_PAGE_ITEMS", default_value_t = 5_000)]
     pub sync_page_items: usize,
 
-    /// Write the bound address here once recovered and listening (for scripts and tests using port 0).
+    /// Once recovered and listening, write the bound public address, then on a second line the internal
+    /// one, to this file (for scripts and tests using port 0).
     #[arg(long, env = "COORDINATOR_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
 }

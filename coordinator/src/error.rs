@@ -17,6 +17,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request contradicts the cluster's state (a counter of another cluster). Do not retry as is.
+    #[error("{0}")]
+    Conflict(String),
     /// Nothing was written; retry later.
     #[error("no replica can take the request: {0}")]
     Unavailable(String),
@@ -48,6 +51,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unknown(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

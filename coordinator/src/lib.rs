@@ -1,6 +1,7 @@
 //! Coordinator of the distributed counter.
 //!
-//! It owns the public API ([`api`]), runs two-phase commit across the in-sync counters with group
+//! It serves the public API and, on a listener of its own, the internal API that requires the cluster
+//! token ([`api`]), runs two-phase commit across the in-sync counters with group
 //! commit ([`txn`]), keeps the registration table ([`registry`]) with health checks ([`health`]), and
 //! brings lagging counters back by incremental catch-up ([`sync`]). Its decisions and table are in
 //! sled ([`storage::CoordinatorStore`]): a restart recovers them and redoes unfinished phase 2 before
@@ -19,7 +20,8 @@ pub mod registry;
 pub mod sync;
 pub mod txn;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -30,10 +32,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = config.auth.load()?;
+    auth.announce();
     let store = storage::CoordinatorStore::open(&config.data_dir)
         .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+    let cluster_id = store.cluster_id()?;
     let registry = Arc::new(registry::Registry::load(store.clone())?);
-    let client = client::CounterClient::new(config.call_timeout, config.read_timeout);
+    let client =
+        client::CounterClient::new(config.call_timeout, config.read_timeout, &auth, &cluster_id);
     let txn = txn::TxnManager::start(
         store.clone(),
         registry.clone(),
@@ -45,6 +51,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;
     tracing::info!(
+        %cluster_id,
         committed_seq = store.committed_seq()?,
         counters = registry.all().len(),
         "recovered"
@@ -74,18 +81,68 @@ pub async fn run(
             max_tenant_bytes: config.max_tenant_bytes,
             max_items: config.max_items_per_post,
         },
+        auth,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let public = tokio::net::TcpListener::bind(config.listen)
         .await
-        .context("cannot bind")?;
-    let local = listener.local_addr()?;
+        .with_context(|| format!("cannot bind the public listener {}", config.listen))?;
+    let internal = tokio::net::TcpListener::bind(config.internal_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the internal listener {}",
+                config.internal_listen
+            )
+        })?;
+    let (public_addr, internal_addr) = (public.local_addr()?, internal.local_addr()?);
     if let Some(path) = &config.addr_file {
-        std::fs::write(path, local.to_string()).context("cannot write addr file")?;
+        std::fs::write(path, format!("{public_addr}\n{internal_addr}\n"))
+            .context("cannot write addr file")?;
     }
-    tracing::info!(%local, "listening");
-    axum::serve(listener, api::router(app, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown)
+    tracing::info!(public = %public_addr, internal = %internal_addr, "listening");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&s| s).await;
+    };
+    let public = axum::serve(
+        public,
+        api::public_router(app.clone(), config.max_body_bytes)
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let internal = axum::serve(
+        internal,
+        api::internal_router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(until_stopped(stopped));
+    tokio::try_join!(public.into_future(), internal.into_future())?;
+    Ok(())
+}
+
+/// The `cluster` subcommand: prints the operator's view from the internal listener of the
+/// coordinator at `url`, authenticated with the configured token. Exit status 0 on success.
+pub async fn print_cluster(config: &Config, url: &str) -> anyhow::Result<()> {
+    let auth = config.auth.load()?;
+    let view: serde_json::Value = auth
+        .client_builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(format!(
+            "{}{}",
+            url.trim_end_matches('/'),
+            storage::proto::paths::CLUSTER
+        ))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
         .await?;
+    println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(())
 }
 

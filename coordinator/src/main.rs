@@ -13,6 +13,13 @@ struct Cli {
 enum Command {
     /// Exit 0 if the coordinator listening on --listen's port answers its health check (for containers).
     Healthcheck,
+    /// Print the operator's view of the cluster (counters, states, seq), asked from the internal
+    /// listener with the cluster token this configuration names.
+    Cluster {
+        /// The internal listener to ask; default: this host, --internal-listen's port.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -25,6 +32,16 @@ async fn main() {
             storage::proto::paths::HEALTH
         );
         std::process::exit(coordinator::healthcheck(&url).await);
+    }
+    if let Some(Command::Cluster { url }) = &cli.command {
+        let url = url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", cli.config.internal_listen.port()));
+        if let Err(e) = coordinator::print_cluster(&cli.config, &url).await {
+            eprintln!("cannot read the cluster view from {url}: {e:#}");
+            std::process::exit(1);
+        }
+        return;
     }
     init_tracing();
     if let Err(e) = coordinator::run(cli.config, shutdown_signal()).await {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use storage::proto::{ClusterView, CounterView};
-use storage::{CoordinatorStore, CounterRecord, CounterState, NodeId, Seq};
+use storage::{ClusterId, CoordinatorStore, CounterRecord, CounterState, NodeId, Seq};
 
 #[derive(Debug, Clone)]
 struct Member {
@@ -217,7 +217,8 @@ impl Registry {
         }
     }
 
-    pub fn view(&self, committed_seq: Seq) -> ClusterView {
+    /// The operator's view; `refused_calls` is the HTTP layer's to fill in.
+    pub fn view(&self, cluster_id: ClusterId, committed_seq: Seq) -> ClusterView {
         let counters = self
             .lock()
             .iter()
@@ -236,7 +237,9 @@ impl Registry {
             })
             .collect();
         ClusterView {
+            cluster_id,
             committed_seq,
+            refused_calls: 0,
             counters,
         }
     }

@@ -15,9 +15,12 @@ pub struct Config {
     #[arg(long, env = "COUNTER_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
 
-    /// Base URL of the coordinator.
-    #[arg(long, env = "COORDINATOR_URL", default_value = "http://127.0.0.1:8080")]
+    /// Base URL of the coordinator's internal listener (not its public API).
+    #[arg(long, env = "COORDINATOR_URL", default_value = "http://127.0.0.1:8081")]
     pub coordinator_url: String,
+
+    #[command(flatten)]
+    pub auth: service::auth::AuthArgs,
 
     /// Data directory (a sled database).
     #[arg(long, env = "COUNTER_DATA_DIR", default_value = "data/counter")]

@@ -1,7 +1,8 @@
 //! The counter's internal HTTP API: parse, call [`Participant`], map errors. Only the coordinator
-//! calls it.
+//! calls it: every route but `/health` requires the cluster token (`service::auth`), checked before
+//! anything else, then the node and cluster the call is meant for ([`check_identity`]).
 
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -10,16 +11,31 @@ use axum::{Json, Router};
 use storage::proto::{
     paths, Applied, ApplyLogRequest, CommitRequest, CounterCount, CounterStatus,
     FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest, RollbackRequest,
-    SnapshotPage, SnapshotQuery, StatusBody, Vote, NODE_HEADER,
+    SnapshotPage, SnapshotQuery, StatusBody, Vote, CLUSTER_HEADER, NODE_HEADER,
 };
 use storage::Error;
 
 use crate::participant::{unhex, Participant};
+use service::auth::{self, Auth};
 
-pub fn router(participant: Participant, max_body_bytes: usize) -> Router {
-    let node_id = participant.status().map(|s| s.node_id).unwrap_or_default();
-    Router::new()
-        .route(paths::HEALTH, get(status))
+#[derive(Clone)]
+struct App {
+    participant: Participant,
+    auth: Auth,
+}
+
+impl FromRef<App> for Participant {
+    fn from_ref(app: &App) -> Participant {
+        app.participant.clone()
+    }
+}
+
+pub fn router(participant: Participant, auth: Auth, max_body_bytes: usize) -> Router {
+    let app = App {
+        participant: participant.clone(),
+        auth: auth.clone(),
+    };
+    let internal = Router::new()
         .route(paths::STATUS, get(status))
         .route(paths::PREPARE, post(prepare))
         .route(paths::COMMIT, post(commit))
@@ -30,21 +46,55 @@ pub fn router(participant: Participant, max_body_bytes: usize) -> Router {
         .route(paths::APPLY_LOG, post(apply_log))
         .route(paths::IMPORT, post(import))
         .route(paths::FINISH_SNAPSHOT, post(finish_snapshot))
+        .fallback(|| async {
+            let body = StatusBody::failed("no such internal endpoint");
+            (StatusCode::NOT_FOUND, Json(body))
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(node_id, check_node))
-        .with_state(participant)
+        .layer(axum::middleware::from_fn_with_state(
+            participant,
+            check_identity,
+        ))
+        // Outermost: a call without the token is refused before anything else looks at it.
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ));
+    Router::new()
+        .route(paths::HEALTH, get(health))
+        .merge(internal)
+        .with_state(app)
+}
+
+/// Liveness for container health checks: open, and says nothing about the replica.
+async fn health() -> Json<StatusBody> {
+    Json(StatusBody::success())
 }
 
 /// Refuses a call meant for another node (see [`NODE_HEADER`]): this address may have belonged to
-/// another replica when the coordinator learned it.
-async fn check_node(State(me): State<String>, request: Request, next: Next) -> Response {
-    match request.headers().get(NODE_HEADER).map(|v| v.to_str()) {
-        Some(Ok(meant)) if meant != me => {
-            let error = format!("this is node {me}, not {meant}");
-            (StatusCode::CONFLICT, Json(StatusBody::failed(error))).into_response()
-        }
-        _ => next.run(request).await,
+/// another replica when the coordinator learned it. And one from a coordinator of another cluster
+/// ([`CLUSTER_HEADER`]) than the one this replica joined.
+async fn check_identity(State(p): State<Participant>, request: Request, next: Next) -> Response {
+    match refusal(&p, request.headers()) {
+        Some(error) => (StatusCode::CONFLICT, Json(StatusBody::failed(error))).into_response(),
+        None => next.run(request).await,
     }
+}
+
+fn refusal(p: &Participant, headers: &axum::http::HeaderMap) -> Option<String> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some(meant), Ok(me)) = (header(NODE_HEADER), p.store().node_id()) {
+        if meant != me {
+            return Some(format!("this is node {me}, not {meant}"));
+        }
+    }
+    if let (Some(theirs), Ok(Some(mine))) = (header(CLUSTER_HEADER), p.store().cluster_id()) {
+        if theirs != mine {
+            let theirs = theirs.to_owned();
+            return Some(Error::OtherCluster { mine, theirs }.to_string());
+        }
+    }
+    None
 }
 
 /// A storage error as the coordinator sees it: 409 for "you asked out of order", 500 otherwise.
@@ -59,9 +109,10 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match self.0 {
-            Error::Gap { .. } | Error::NotPrepared(_) | Error::LogTrimmed { .. } => {
-                StatusCode::CONFLICT
-            }
+            Error::Gap { .. }
+            | Error::NotPrepared(_)
+            | Error::LogTrimmed { .. }
+            | Error::OtherCluster { .. } => StatusCode::CONFLICT,
             _ => {
                 tracing::error!(error = %self.0, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -73,8 +124,11 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-async fn status(State(p): State<Participant>) -> ApiResult<CounterStatus> {
-    Ok(Json(p.status()?))
+async fn status(State(app): State<App>) -> ApiResult<CounterStatus> {
+    Ok(Json(CounterStatus {
+        refused_calls: app.auth.refused_calls(),
+        ..app.participant.status()?
+    }))
 }
 
 async fn prepare(State(p): State<Participant>, Json(req): Json<PrepareRequest>) -> ApiResult<Vote> {

@@ -26,6 +26,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = config.auth.load()?;
+    auth.announce();
     let store = if config.slots {
         slots::claim(&config.data_dir, config.log_retention)?
     } else {
@@ -34,7 +36,8 @@ pub async fn run(
     };
     let participant = Participant::new(store);
     let status = participant.status()?;
-    tracing::info!(node_id = %status.node_id, last_applied = status.last_applied,
+    tracing::info!(node_id = %status.node_id, cluster_id = status.cluster_id.as_deref().unwrap_or("none yet"),
+        last_applied = status.last_applied,
         in_doubt = participant.store().prepared_txids()?.len(), "recovered");
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -49,7 +52,7 @@ pub async fn run(
     // Finding the address to advertise may have to wait for the coordinator (see `advertised_addr`);
     // registration cannot happen before anyway, and the counter serves meanwhile.
     let registration = {
-        let (participant, config) = (participant.clone(), config.clone());
+        let (participant, config, auth) = (participant.clone(), config.clone(), auth.clone());
         async move {
             let my_url = match &config.advertise_url {
                 Some(url) => url.clone(),
@@ -61,6 +64,7 @@ pub async fn run(
             tracing::info!(url = %my_url, "advertising");
             Registrar::new(
                 participant,
+                &auth,
                 config.coordinator_url.clone(),
                 my_url,
                 config.register_interval,
@@ -72,9 +76,13 @@ pub async fn run(
     };
     tokio::spawn(registration);
 
-    axum::serve(listener, http::router(participant, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let app = http::router(participant, auth, config.max_body_bytes);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }
 

@@ -71,9 +71,12 @@ impl Participant {
         let (last_applied, last_txid) = self.store.applied()?;
         Ok(CounterStatus {
             node_id: self.store.node_id()?,
+            cluster_id: self.store.cluster_id()?,
             last_applied,
             last_txid,
             log_floor: self.store.log_floor()?,
+            // Counted by the HTTP layer, which fills it in.
+            refused_calls: 0,
         })
     }
 

@@ -4,10 +4,14 @@
 //! coordinator answers, so a restarted or removed counter finds its way back without a restart of its
 //! own. Before each registration it asks the coordinator for the outcome of every transaction it still
 //! holds prepared: after a crash those are in doubt, and only the coordinator may decide them.
+//!
+//! Every call carries the cluster token. The first registration that succeeds records the
+//! coordinator's cluster id in the replica; from then on the counter names it when it registers and
+//! refuses to serve a coordinator of another cluster (which refuses it too).
 
 use std::time::Duration;
 
-use storage::proto::{paths, Outcome, OutcomeQuery, RegisterRequest};
+use storage::proto::{paths, Outcome, OutcomeQuery, RegisterReply, RegisterRequest};
 
 use crate::participant::Participant;
 
@@ -22,13 +26,14 @@ pub struct Registrar {
 impl Registrar {
     pub fn new(
         participant: Participant,
+        auth: &service::auth::Auth,
         coordinator: String,
         my_url: String,
         interval: Duration,
         timeout: Duration,
     ) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = auth
+            .client_builder()
             .timeout(timeout)
             .build()
             .expect("a plain HTTP client always builds");
@@ -75,13 +80,24 @@ impl Registrar {
             node_id: status.node_id,
             url: self.my_url.clone(),
             last_applied: status.last_applied,
+            cluster_id: status.cluster_id,
         };
-        self.client
+        let resp = self
+            .client
             .post(format!("{}{}", self.coordinator, paths::REGISTER))
             .json(&req)
             .send()
-            .await?
-            .error_for_status()?;
+            .await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            // The coordinator's JSON error says why (a wrong token, another cluster).
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!("the coordinator answered {status}: {body}");
+        }
+        let reply: RegisterReply = resp.json().await?;
+        // A coordinator of another cluster that accepted us anyway (it checks too) is still refused.
+        self.participant.store().join_cluster(&reply.cluster_id)?;
+        self.participant.store().durable().await?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //!   (presumed abort), so an abort needs no write at all.
 //! - `unfinished`: txids whose phase 2 may not have reached every participant; redone on start.
 //! - `registry`: node id → [`CounterRecord`].
-//! - `meta`: `committed_seq`, the seq of the last COMMIT decision.
+//! - `meta`: `committed_seq`, the seq of the last COMMIT decision; `cluster_id`, created on first open.
 
 use std::path::Path;
 
@@ -16,9 +16,10 @@ use crate::codec::{decode, encode};
 use crate::error::{open_db, Error, Result};
 use crate::flusher::Flusher;
 use crate::keys::{u64_from, u64_key};
-use crate::model::{NodeId, Seq, TxId};
+use crate::model::{random_id, ClusterId, NodeId, Seq, TxId};
 
 const COMMITTED_SEQ: &[u8] = b"committed_seq";
+const CLUSTER_ID: &[u8] = b"cluster_id";
 
 /// A logged COMMIT decision.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -56,16 +57,37 @@ pub struct CoordinatorStore {
 
 impl CoordinatorStore {
     /// Opens (or creates) the coordinator's database. Must run inside a tokio runtime.
+    /// Creates the cluster id on first open.
     pub fn open(path: &Path) -> Result<Self> {
         let db = open_db(path)?;
-        Ok(CoordinatorStore {
+        let store = CoordinatorStore {
             meta: db.open_tree("meta")?,
             decisions: db.open_tree("decisions")?,
             unfinished: db.open_tree("unfinished")?,
             registry: db.open_tree("registry")?,
             flusher: Flusher::spawn(db.clone()),
             db,
-        })
+        };
+        if store.meta.get(CLUSTER_ID)?.is_none() {
+            // compare_and_swap: a cluster id, once created, never changes. Flushed before any counter
+            // can hear of it, so a counter never records an id this coordinator could lose.
+            let _ = store.meta.compare_and_swap(
+                CLUSTER_ID,
+                None::<&[u8]>,
+                Some(random_id().as_bytes()),
+            )?;
+            store.db.flush()?;
+        }
+        Ok(store)
+    }
+
+    /// This cluster's identity.
+    pub fn cluster_id(&self) -> Result<ClusterId> {
+        let raw = self
+            .meta
+            .get(CLUSTER_ID)?
+            .ok_or_else(|| Error::corrupt("meta", "no cluster id"))?;
+        String::from_utf8(raw.to_vec()).map_err(|e| Error::corrupt("meta", e))
     }
 
     /// Waits until every write made before the call is on disk (group commit).

@@ -6,7 +6,8 @@
 //! - `items`: [`keys::item_key`] → empty; the set of counted items.
 //! - `counts`: tenant → number of its items, updated in the same sled transaction as `items`.
 //! - `log`: seq → [`LogEntry`], the committed transactions after `log_floor`, for incremental catch-up.
-//! - `meta`: `node_id`, `applied` (seq and txid of the last applied commit), `log_floor`.
+//! - `meta`: `node_id`, `cluster_id` (once joined), `applied` (seq and txid of the last applied
+//!   commit), `log_floor`.
 //!
 //! Commits are applied strictly in seq order, so `last_applied` says exactly which committed
 //! transactions this replica holds: all of 1..=last_applied and nothing after them.
@@ -26,9 +27,11 @@ use crate::codec::{decode, encode};
 use crate::error::{open_db, Error, Result};
 use crate::flusher::Flusher;
 use crate::keys::{item_from_key, item_key, u64_from, u64_key};
-use crate::model::{Item, LogEntry, NodeId, Seq, TxId};
+use crate::model::{random_id, ClusterId, Item, LogEntry, NodeId, Seq, TxId};
 
 const NODE_ID: &[u8] = b"node_id";
+/// The cluster this replica joined first; it never serves another.
+const CLUSTER_ID: &[u8] = b"cluster_id";
 /// seq then txid of the last applied commit, in one value so they are always read together.
 const APPLIED: &[u8] = b"applied";
 const LOG_FLOOR: &[u8] = b"log_floor";
@@ -80,7 +83,7 @@ impl CounterStore {
             log_retention,
         };
         if store.meta.get(NODE_ID)?.is_none() {
-            let id = new_node_id();
+            let id = random_id();
             // compare_and_swap: a node id, once created, never changes.
             let _ = store
                 .meta
@@ -101,6 +104,35 @@ impl CounterStore {
             .get(NODE_ID)?
             .ok_or_else(|| Error::corrupt("meta", "no node id"))?;
         String::from_utf8(raw.to_vec()).map_err(|e| Error::corrupt("meta", e))
+    }
+
+    /// The cluster this replica belongs to; `None` until it first registered with a coordinator.
+    pub fn cluster_id(&self) -> Result<Option<ClusterId>> {
+        self.meta
+            .get(CLUSTER_ID)?
+            .map(|raw| String::from_utf8(raw.to_vec()).map_err(|e| Error::corrupt("meta", e)))
+            .transpose()
+    }
+
+    /// Records `cluster` as this replica's cluster when it has none; fails with
+    /// [`Error::OtherCluster`] when it belongs to another one.
+    ///
+    /// Crash invariant: none needed. Until the record is durable a restarted replica has no cluster
+    /// and simply joins the same coordinator again; await [`Self::durable`] before relying on it.
+    pub fn join_cluster(&self, cluster: &str) -> Result<()> {
+        let swapped =
+            self.meta
+                .compare_and_swap(CLUSTER_ID, None::<&[u8]>, Some(cluster.as_bytes()))?;
+        match swapped {
+            Ok(()) => Ok(()),
+            Err(cas) => match cas.current {
+                Some(mine) if mine.as_ref() == cluster.as_bytes() => Ok(()),
+                mine => Err(Error::OtherCluster {
+                    mine: mine.map_or_else(String::new, |m| String::from_utf8_lossy(&m).into()),
+                    theirs: cluster.to_owned(),
+                }),
+            },
+        }
     }
 
     pub fn last_applied(&self) -> Result<Seq> {
@@ -426,19 +458,4 @@ fn tx_error(e: TransactionError<Error>) -> Error {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => Error::Sled(e),
     }
-}
-
-/// A fresh random node id. std's `RandomState` is seeded from the OS, which is enough for an identity
-/// that only has to differ between replicas.
-fn new_node_id() -> NodeId {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    format!("{:016x}", h.finish())
 }

@@ -21,6 +21,9 @@ pub enum Error {
     /// A log page was asked for from a point the log no longer reaches back to.
     #[error("log starts after seq {floor}; a snapshot is needed")]
     LogTrimmed { floor: Seq },
+    /// The replica belongs to another cluster than the coordinator that called or answered it.
+    #[error("this counter belongs to cluster {mine}, not to cluster {theirs}")]
+    OtherCluster { mine: String, theirs: String },
     /// The flusher task is gone (the process is shutting down).
     #[error("flusher stopped")]
     FlusherStopped,

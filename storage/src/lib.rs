@@ -7,7 +7,7 @@
 //!
 //! sled writes are **not** durable until a flush returns. Callers never flush directly: each store owns
 //! one [`Flusher`] task that flushes once for every writer waiting since the previous flush (group commit),
-//! which also keeps sled away from the many-concurrent-`flush_async` hang described in DESIGN.md.
+//! which also keeps sled away from sled 0.34's hang under many concurrent `flush_async` calls.
 //! A flush uses `sync_file_range`, so it survives a process or container kill, not a power loss.
 //!
 //! The wire messages exchanged by coordinator and counters live in [`proto`], defined once for both sides.
@@ -26,4 +26,4 @@ pub use coordinator_store::{CoordinatorStore, CounterRecord, CounterState, Decis
 pub use counter_store::{ApplyOutcome, CounterStore, PrepareOutcome};
 pub use error::{Error, Result};
 pub use flusher::Flusher;
-pub use model::{Item, LogEntry, NodeId, Seq, TxId};
+pub use model::{ClusterId, Item, LogEntry, NodeId, Seq, TxId};

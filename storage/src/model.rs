@@ -12,6 +12,10 @@ pub type Seq = u64;
 /// Stable identity of a counter replica, created once and stored inside its data directory.
 pub type NodeId = String;
 
+/// Identity of a cluster: created by the coordinator on its first start and kept in its data
+/// directory; every counter records the one it first joined and never serves another.
+pub type ClusterId = String;
+
 /// One counted thing: the count of a tenant is the number of distinct ids posted for it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Item {
@@ -25,4 +29,19 @@ pub struct LogEntry {
     pub seq: Seq,
     pub txid: TxId,
     pub items: Vec<Item>,
+}
+
+/// A fresh random identity (node or cluster). std's `RandomState` is seeded from the OS, which is
+/// enough for an identity that only has to differ from the others; it is no secret.
+pub(crate) fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }

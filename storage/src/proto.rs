@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Item, LogEntry, NodeId, Seq, TxId};
+use crate::model::{ClusterId, Item, LogEntry, NodeId, Seq, TxId};
 
-/// Internal paths. Counters serve the first group, the coordinator the second.
+/// Internal paths. Counters serve the first group, the coordinator's internal listener the second;
+/// every one of them requires the cluster token. Only [`paths::HEALTH`] is open, on every listener.
 pub mod paths {
     pub const PREPARE: &str = "/internal/prepare";
     pub const COMMIT: &str = "/internal/commit";
@@ -29,6 +30,10 @@ pub mod paths {
 /// Header on every coordinator → counter call: the node id the coordinator means. A counter whose
 /// identity differs refuses the call (409), so an address that changed hands is never trusted.
 pub const NODE_HEADER: &str = "x-node-id";
+
+/// Header on every coordinator → counter call: the coordinator's cluster id. A counter that joined
+/// another cluster refuses the call (409).
+pub const CLUSTER_HEADER: &str = "x-cluster-id";
 
 /// Coordinator → counter, phase 1. The counter answers after the prepared record is on disk.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -74,9 +79,13 @@ pub struct CounterCount {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct CounterStatus {
     pub node_id: NodeId,
+    /// The cluster it joined; `None` before its first registration.
+    pub cluster_id: Option<ClusterId>,
     pub last_applied: Seq,
     pub last_txid: TxId,
     pub log_floor: Seq,
+    /// Calls refused for a missing or wrong cluster token since the process started.
+    pub refused_calls: u64,
 }
 
 /// Query of [`paths::LOG`]: committed transactions from seq `from` on.
@@ -134,6 +143,16 @@ pub struct RegisterRequest {
     pub node_id: NodeId,
     pub url: String,
     pub last_applied: Seq,
+    /// The cluster the counter joined before; `None` for a counter that never registered. A
+    /// coordinator of another cluster refuses the registration (409).
+    pub cluster_id: Option<ClusterId>,
+}
+
+/// Coordinator → counter, answer to a registration: the cluster it joined, which the counter records
+/// (durably) and from then on requires.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RegisterReply {
+    pub cluster_id: ClusterId,
 }
 
 /// Counter → coordinator after a restart, for each transaction it holds prepared: the outcome.
@@ -183,10 +202,13 @@ impl StatusBody {
     }
 }
 
-/// Operator view of the cluster (`GET /internal/cluster` on the coordinator).
+/// Operator view of the cluster (`GET /internal/cluster` on the coordinator's internal listener).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ClusterView {
+    pub cluster_id: ClusterId,
     pub committed_seq: Seq,
+    /// Internal calls refused for a missing or wrong cluster token since the coordinator started.
+    pub refused_calls: u64,
     pub counters: Vec<CounterView>,
 }
 

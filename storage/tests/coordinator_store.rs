@@ -117,19 +117,27 @@ async fn registry_put_update_remove() {
 #[test]
 fn state_and_txids_survive_a_clean_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let before = runtime().block_on(async {
+    let other = tempfile::tempdir().unwrap();
+    let (before, cluster_id) = runtime().block_on(async {
         let store = CoordinatorStore::open(dir.path()).unwrap();
+        let cluster_id = store.cluster_id().unwrap();
+        let other_id = CoordinatorStore::open(other.path())
+            .unwrap()
+            .cluster_id()
+            .unwrap();
+        assert_ne!(cluster_id, other_id, "two clusters got the same id");
         let ids: Vec<u64> = (0..10).map(|_| store.next_txid().unwrap()).collect();
         store.record_commit(ids[3], &decision(1, &["n1"])).unwrap();
         store
             .put_counter("n1", &record("http://n1", CounterState::InSync))
             .unwrap();
         store.durable().await.unwrap();
-        ids
+        (ids, cluster_id)
     });
     for round in 0..2 {
         runtime().block_on(async {
             let store = reopen(|| CoordinatorStore::open(dir.path())).unwrap();
+            assert_eq!(store.cluster_id().unwrap(), cluster_id);
             assert_eq!(
                 store.decision(before[3]).unwrap(),
                 Some(decision(1, &["n1"]))

@@ -515,6 +515,21 @@ fn node_id_is_stable_across_reopen() {
 }
 
 #[tokio::test]
+async fn a_replica_joins_one_cluster_and_refuses_any_other() {
+    let (_dir, store) = open(0);
+    assert_eq!(store.cluster_id().unwrap(), None);
+    store.join_cluster("c1").unwrap();
+    store.join_cluster("c1").unwrap();
+    match store.join_cluster("c2") {
+        Err(Error::OtherCluster { mine, theirs }) => {
+            assert_eq!((mine, theirs), ("c1".into(), "c2".into()))
+        }
+        other => panic!("joined another cluster: {other:?}"),
+    }
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("c1"));
+}
+
+#[tokio::test]
 async fn counts_match_items_after_many_mixed_operations() {
     let (_dir, store) = open(4);
     let mut model: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -109,6 +109,7 @@ async fn child_counter_durable() {
         store.record_prepared(12, &in_doubt_items()).unwrap(),
         PrepareOutcome::Recorded
     );
+    store.join_cluster("cluster-a").unwrap();
     store.durable().await.unwrap();
     report(&root, store.node_id().unwrap());
     std::process::abort();
@@ -122,6 +123,11 @@ async fn counter_durable_writes_survive_abort() {
 
     let store = CounterStore::open(&db(root.path()), 0).unwrap();
     assert_eq!(store.node_id().unwrap(), node_id);
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+    assert!(matches!(
+        store.join_cluster("cluster-b"),
+        Err(Error::OtherCluster { .. })
+    ));
     assert_eq!(store.applied().unwrap(), (2, 11));
     assert_eq!(
         store.prepared_txids().unwrap(),
@@ -395,27 +401,38 @@ async fn child_coordinator_fresh() {
     let Some(root) = child_root() else { return };
     let store = CoordinatorStore::open(&db(&root)).unwrap();
     let txids: Vec<TxId> = (0..3).map(|_| store.next_txid().unwrap()).collect();
+    let cluster_id = store.cluster_id().unwrap();
     report(
         &root,
-        txids
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
+        format!(
+            "{cluster_id}\n{}",
+            txids
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     );
     std::process::abort();
 }
 
 /// A coordinator that dies right after creating its database, before anything else was flushed,
-/// may already have sent PREPAREs under the txids it handed out.
+/// may already have sent PREPAREs under the txids it handed out, and told counters its cluster id.
 #[tokio::test]
 async fn coordinator_txids_are_not_reused_after_an_early_crash() {
     let root = tempfile::tempdir().unwrap();
     run_aborting_child("child_coordinator_fresh", root.path());
-    let txids = parse_txids(&read_report(root.path()));
+    let text = read_report(root.path());
+    let (cluster_id, txids) = text.split_once('\n').unwrap();
+    let txids = parse_txids(txids);
     assert_eq!(txids.len(), 3);
 
     let store = CoordinatorStore::open(&db(root.path())).unwrap();
+    assert_eq!(
+        store.cluster_id().unwrap(),
+        cluster_id,
+        "the cluster id changed across a crash"
+    );
     let max = *txids.iter().max().unwrap();
     let next = store.next_txid().unwrap();
     assert!(

@@ -3,6 +3,9 @@
 //!
 //! The binaries are the workspace's own, built with the `crash-points` feature (`make test` builds
 //! them first). A process started with `DC_CRASH_AT=<point>` aborts at that point; see `storage::crash`.
+//!
+//! Every cluster gets a fresh random cluster token, given to each process in `CLUSTER_TOKEN` (a test
+//! may override it for one process); the harness's own internal calls carry it too.
 
 pub mod history;
 
@@ -48,13 +51,26 @@ pub struct Service {
     log: PathBuf,
     addr_file: PathBuf,
     args: Vec<String>,
+    /// Environment of every start, before a start's own (which may override it): `CLUSTER_TOKEN`
+    /// and whatever a test sets for the rest of the process's life (a token rotation).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub addr: Option<SocketAddr>,
+    /// The coordinator's internal listener (`None` for a counter).
+    pub internal_addr: Option<SocketAddr>,
 }
 
 impl Service {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr.expect("service has been started"))
+    }
+
+    /// The coordinator's internal API.
+    pub fn internal_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.internal_addr.expect("coordinator has been started")
+        )
     }
 
     fn spawn(&mut self, env: &[(&str, &str)]) -> Result<()> {
@@ -79,6 +95,9 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -93,10 +112,21 @@ impl Service {
     fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
+            // Written whole once listening: the public address, then the coordinator's internal one.
             if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
-                if let Ok(addr) = text.trim().parse() {
-                    self.addr = Some(addr);
-                    return Ok(());
+                let mut lines = text.lines().map(|l| l.trim().parse::<SocketAddr>());
+                let want_internal = self.kind == Kind::Coordinator;
+                match (lines.next(), lines.next()) {
+                    (Some(Ok(addr)), Some(Ok(internal))) if want_internal => {
+                        self.addr = Some(addr);
+                        self.internal_addr = Some(internal);
+                        return Ok(());
+                    }
+                    (Some(Ok(addr)), _) if !want_internal => {
+                        self.addr = Some(addr);
+                        return Ok(());
+                    }
+                    _ => {}
                 }
             }
             if let Some(status) = self
@@ -188,6 +218,13 @@ pub struct Cluster {
     pub counters: Vec<Service>,
     pub options: Options,
     pub http: reqwest::Client,
+    /// This cluster's token (every process gets it in `CLUSTER_TOKEN`).
+    pub token: String,
+}
+
+/// A fresh cluster token: 32 random hex digits.
+pub fn random_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -196,14 +233,18 @@ impl Cluster {
     /// Starts a coordinator and `options.counters` counters and waits until all are in sync.
     pub async fn start(options: Options) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        // The coordinator keeps its port across restarts, as counters know it by URL.
+        // The coordinator keeps its ports across restarts, as clients and counters know it by URL.
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let internal_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
+            "--internal-listen".to_owned(),
+            format!("127.0.0.1:{internal_port}"),
             "--health-interval".to_owned(),
             options.health_interval.to_owned(),
         ];
+        let token = random_token();
         args.extend(options.coordinator_args.iter().cloned());
         let coordinator = Service {
             kind: Kind::Coordinator,
@@ -212,8 +253,10 @@ impl Cluster {
             log: dir.path().join("coordinator.log"),
             addr_file: dir.path().join("coordinator.addr"),
             args,
+            env: vec![("CLUSTER_TOKEN".into(), token.clone())],
             child: None,
             addr: None,
+            internal_addr: None,
         };
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -225,6 +268,7 @@ impl Cluster {
             counters: Vec::new(),
             options,
             http,
+            token,
         };
         cluster.start_coordinator(&[]).await?;
         for _ in 0..cluster.options.counters {
@@ -253,14 +297,21 @@ impl Cluster {
         self.start_coordinator(&[]).await
     }
 
-    /// Adds a new counter with its own data directory; returns its index.
+    /// Adds a new counter with its own data directory and starts it; returns its index.
     pub async fn add_counter(&mut self) -> Result<usize> {
-        let i = self.counters.len();
+        let i = self.define_counter(&format!("counter-{}", self.counters.len()));
+        self.start_counter(i, &[]).await?;
+        Ok(i)
+    }
+
+    /// Adds a counter on the data directory `<cluster dir>/<name>` (which a test may fill first)
+    /// without starting it; returns its index.
+    pub fn define_counter(&mut self, name: &str) -> usize {
         let args = vec![
             "--listen".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--coordinator-url".to_owned(),
-            self.url(),
+            self.coordinator.internal_url(),
             "--register-interval".to_owned(),
             self.options.register_interval.to_owned(),
             "--log-retention".to_owned(),
@@ -268,16 +319,17 @@ impl Cluster {
         ];
         self.counters.push(Service {
             kind: Kind::Counter,
-            name: format!("counter-{i}"),
-            data_dir: self.dir.path().join(format!("counter-{i}")),
-            log: self.dir.path().join(format!("counter-{i}.log")),
-            addr_file: self.dir.path().join(format!("counter-{i}.addr")),
+            name: name.to_owned(),
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            addr_file: self.dir.path().join(format!("{name}.addr")),
             args,
+            env: vec![("CLUSTER_TOKEN".into(), self.token.clone())],
             child: None,
             addr: None,
+            internal_addr: None,
         });
-        self.start_counter(i, &[]).await?;
-        Ok(i)
+        self.counters.len() - 1
     }
 
     /// Starts (or restarts) counter `i` on its data directory, with extra environment.
@@ -341,14 +393,27 @@ impl Cluster {
         Ok((status, resp.json().await?))
     }
 
-    pub async fn view(&self) -> Result<ClusterView> {
-        Ok(self
-            .http
-            .get(format!("{}/internal/cluster", self.url()))
+    /// An internal call, with this cluster's token.
+    pub fn internal(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        self.http.request(method, url).bearer_auth(&self.token)
+    }
+
+    async fn internal_json<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T> {
+        let resp = self
+            .internal(reqwest::Method::GET, url.clone())
             .send()
-            .await?
-            .json()
-            .await?)
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("GET {url} answered {status}: {}", resp.text().await?);
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// The operator's view, from the coordinator's internal listener.
+    pub async fn view(&self) -> Result<ClusterView> {
+        let url = format!("{}/internal/cluster", self.coordinator.internal_url());
+        self.internal_json(url).await
     }
 
     /// Waits until at least `n` counters are in sync.
@@ -371,13 +436,8 @@ impl Cluster {
 
     /// A counter's own view, bypassing the coordinator.
     pub async fn counter_status(&self, i: usize) -> Result<CounterStatus> {
-        Ok(self
-            .http
-            .get(format!("{}/internal/status", self.counters[i].url()))
-            .send()
-            .await?
-            .json()
-            .await?)
+        let url = format!("{}/internal/status", self.counters[i].url());
+        self.internal_json(url).await
     }
 
     pub async fn counter_count(&self, i: usize, tenant: &str) -> Result<CounterCount> {
@@ -386,7 +446,7 @@ impl Cluster {
             self.counters[i].url(),
             encode(tenant)
         );
-        Ok(self.http.get(url).send().await?.json().await?)
+        self.internal_json(url).await
     }
 
     /// Waits until every running counter is in sync at the coordinator's committed seq and all agree
@@ -472,6 +532,17 @@ pub fn encode(text: &str) -> String {
 }
 
 impl Service {
+    /// Sets (or replaces) a variable of the environment of every later start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes a variable from the environment of every later start.
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// The process id while it runs: lets a test tell a restart from the same process.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

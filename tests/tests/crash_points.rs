@@ -216,10 +216,13 @@ async fn flush_coordinator(c: &Cluster) {
         node_id: status.node_id,
         url: c.counters[0].url(),
         last_applied: status.last_applied,
+        cluster_id: status.cluster_id,
     };
     let resp = c
-        .http
-        .post(format!("{}{}", c.url(), paths::REGISTER))
+        .internal(
+            reqwest::Method::POST,
+            format!("{}{}", c.coordinator.internal_url(), paths::REGISTER),
+        )
         .json(&request)
         .send()
         .await

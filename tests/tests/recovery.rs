@@ -486,11 +486,12 @@ async fn second_counter_on_the_same_data_dir_is_refused() {
             "--listen",
             "127.0.0.1:0",
             "--coordinator-url",
-            &c.url(),
+            &c.coordinator.internal_url(),
             "--data-dir",
         ])
         .arg(c.counters[0].data_dir())
         .env("RUST_LOG", "info")
+        .env("CLUSTER_TOKEN", &c.token)
         .env_remove("DC_CRASH_AT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

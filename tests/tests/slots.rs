@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dc_tests::{bin, Cluster, Options};
+use dc_tests::{bin, random_token, Cluster, Options};
 
 /// Starts a counter claiming a slot under `root`; returns it with the path of its log.
 fn slot_counter(root: &Path, name: &str) -> (Child, std::path::PathBuf) {
@@ -20,6 +20,7 @@ fn slot_counter(root: &Path, name: &str) -> (Child, std::path::PathBuf) {
         .arg("--data-dir")
         .arg(root)
         .env("RUST_LOG", "info")
+        .env("CLUSTER_TOKEN", random_token())
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -118,8 +119,7 @@ async fn a_call_meant_for_another_node_is_refused() {
     let me = c.counter_status(0).await.unwrap().node_id;
     let url = format!("{}/internal/status", c.counters[0].url());
     let ask = |id: String| {
-        c.http
-            .get(&url)
+        c.internal(reqwest::Method::GET, url.clone())
             .header(storage::proto::NODE_HEADER, id)
             .send()
     };
@@ -130,8 +130,10 @@ async fn a_call_meant_for_another_node_is_refused() {
     assert!(body["error"].as_str().unwrap().contains(&me), "{body}");
     // A PREPARE meant for another node records nothing.
     let prepare = c
-        .http
-        .post(format!("{}/internal/prepare", c.counters[0].url()))
+        .internal(
+            reqwest::Method::POST,
+            format!("{}/internal/prepare", c.counters[0].url()),
+        )
         .header(storage::proto::NODE_HEADER, "someone-else")
         .json(&serde_json::json!({"txid": u64::MAX, "items": [{"id": "x", "tenant": "t"}]}))
         .send()

@@ -19,10 +19,15 @@
 //! It prints one summary line and exits non-zero on any violation. Writes go to tenants named after the
 //! run, so the drill can run on a cluster holding other data.
 //!
+//! The drill reads the cluster's state from the coordinator's internal listener (port
+//! [`COORDINATOR_INTERNAL_PORT`] of its container, never published) and from each counter, with the
+//! cluster token from `--token-file`/`CHAOS_TOKEN_FILE` (`volumes/cluster-token`, where `make up`
+//! keeps it); the clients use only the public port.
+//!
 //! Settings (flag or environment): `--url`/`CHAOS_URL` (http://127.0.0.1:8080), `--project`/
 //! `CHAOS_PROJECT` (compose project, dcounter), `--secs`/`CHAOS_SECS` (fault phase, 120),
 //! `--seed`/`CHAOS_SEED` (fault schedule and operation mix; random), `--writers`/`CHAOS_WRITERS` (4),
-//! `--readers`/`CHAOS_READERS` (2), `--converge-secs`/`CHAOS_CONVERGE_SECS` (150).
+//! `--readers`/`CHAOS_READERS` (6), `--converge-secs`/`CHAOS_CONVERGE_SECS` (150).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -58,6 +63,8 @@ fn utc_now() -> String {
     )
 }
 
+/// The coordinator's internal port inside its container (docker-compose.yml).
+const COORDINATOR_INTERNAL_PORT: u16 = 8081;
 /// Per-request timeout of every HTTP call the drill makes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tenants every writer spreads its ordinary batches over (some need percent-encoding).
@@ -73,6 +80,7 @@ struct Settings {
     writers: usize,
     readers: usize,
     converge_secs: u64,
+    token_file: String,
 }
 
 impl Settings {
@@ -103,6 +111,7 @@ impl Settings {
                 "--writers",
                 "--readers",
                 "--converge-secs",
+                "--token-file",
             ]
             .contains(&a.as_str())
         }) {
@@ -121,12 +130,14 @@ impl Settings {
                 rand::random::<u32>() as u64,
             )?,
             writers: parse(get("--writers", "CHAOS_WRITERS"), "writer count", 4)?,
-            readers: parse(get("--readers", "CHAOS_READERS"), "reader count", 2)?,
+            readers: parse(get("--readers", "CHAOS_READERS"), "reader count", 6)?,
             converge_secs: parse(
                 get("--converge-secs", "CHAOS_CONVERGE_SECS"),
                 "duration",
                 150,
             )?,
+            token_file: get("--token-file", "CHAOS_TOKEN_FILE")
+                .unwrap_or_else(|| "volumes/cluster-token".into()),
         })
     }
 }
@@ -188,6 +199,21 @@ async fn is_running(id: &str) -> bool {
     docker(&["inspect", "-f", "{{.State.Running}}", id])
         .await
         .is_ok_and(|s| s.trim() == "true")
+}
+
+/// The coordinator's internal API, at its container's current address.
+async fn coordinator_internal_url(project: &str) -> Result<String> {
+    let coordinator = containers(project)
+        .await?
+        .into_iter()
+        .find(|c| c.service == "coordinator")
+        .context("no coordinator container")?;
+    let ip = container_ips(&coordinator.id)
+        .await?
+        .into_iter()
+        .next()
+        .context("the coordinator container has no address")?;
+    Ok(format!("http://{ip}:{COORDINATOR_INTERNAL_PORT}"))
 }
 
 async fn container_ips(id: &str) -> Result<Vec<String>> {
@@ -774,16 +800,15 @@ struct Member {
 }
 
 /// Waits until the coordinator lists exactly the counter containers (by address), all in sync, and
-/// each counter reports the coordinator's committed seq itself.
+/// each counter reports the coordinator's committed seq itself. `internal` carries the cluster token.
 async fn converge(
     project: &str,
-    http: &reqwest::Client,
-    base: &str,
+    internal: &reqwest::Client,
     timeout: Duration,
 ) -> Result<(ClusterView, Vec<Member>)> {
     let deadline = Instant::now() + timeout;
     loop {
-        let why = match converged_once(project, http, base).await {
+        let why = match converged_once(project, internal).await {
             Ok(Ok(done)) => return Ok(done),
             Ok(Err(why)) => why,
             Err(e) => format!("{e:#}"),
@@ -797,8 +822,7 @@ async fn converge(
 
 async fn converged_once(
     project: &str,
-    http: &reqwest::Client,
-    base: &str,
+    internal: &reqwest::Client,
 ) -> Result<Result<(ClusterView, Vec<Member>), String>> {
     let mut ips: BTreeMap<String, String> = BTreeMap::new();
     let counters: Vec<Container> = containers(project)
@@ -814,7 +838,8 @@ async fn converged_once(
             ips.insert(ip, c.name.clone());
         }
     }
-    let view: ClusterView = get_json(http, &format!("{base}/internal/cluster")).await?;
+    let base = coordinator_internal_url(project).await?;
+    let view: ClusterView = get_json(internal, &format!("{base}/internal/cluster")).await?;
     if view.counters.len() != counters.len() {
         return Ok(Err(format!(
             "{} counters registered, {} containers: {view:?}",
@@ -846,7 +871,8 @@ async fn converged_once(
                 "two counters advertise the address of {name}: {view:?}"
             )));
         }
-        let status: CounterStatus = get_json(http, &format!("{}/internal/status", c.url)).await?;
+        let status: CounterStatus =
+            get_json(internal, &format!("{}/internal/status", c.url)).await?;
         if status.node_id != c.node_id {
             return Ok(Err(format!(
                 "{} answers at the address of {}",
@@ -867,10 +893,11 @@ async fn converged_once(
     Ok(Ok((view, members)))
 }
 
-/// Final counts through the coordinator, then from every counter directly. Returns the coordinator's
-/// counts and the divergences found.
+/// Final counts through the coordinator, then from every counter directly (with `internal`, which
+/// carries the cluster token). Returns the coordinator's counts and the divergences found.
 async fn final_counts(
     http: &reqwest::Client,
+    internal: &reqwest::Client,
     base: &str,
     members: &[Member],
     committed_seq: u64,
@@ -887,8 +914,9 @@ async fn final_counts(
     let mut tasks = tokio::task::JoinSet::new();
     for part in 0..TASKS {
         let mine: Vec<String> = tenants.iter().skip(part).step_by(TASKS).cloned().collect();
-        let (http, base, members, failures) = (
+        let (http, internal, base, members, failures) = (
             http.clone(),
+            internal.clone(),
             base.to_owned(),
             members.clone(),
             failures.clone(),
@@ -916,7 +944,7 @@ async fn final_counts(
                 let Some(count) = count else { continue };
                 for (node, url) in members.iter() {
                     let url = format!("{url}/internal/count/{}", encode(&t));
-                    match get_json::<CounterCount>(&http, &url).await {
+                    match get_json::<CounterCount>(&internal, &url).await {
                         Ok(c) if c.count == count && c.last_applied == committed_seq => {}
                         Ok(c) => problems.push(format!(
                             "divergence: counter {node} counts {} for {t:?} at seq {}, the coordinator answered {count} at seq {committed_seq}",
@@ -1000,6 +1028,20 @@ async fn drill() -> Result<bool> {
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
         .build()?;
+    let token = std::fs::read_to_string(&s.token_file)
+        .with_context(|| format!("cannot read the cluster token file {}", s.token_file))?;
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .context("the cluster token is not a valid header value")?;
+    auth.set_sensitive(true);
+    let internal = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, auth)]
+                .into_iter()
+                .collect(),
+        )
+        .build()?;
     say!(
         "seed {} (replay with CHAOS_SEED={}), {} s of faults, tenants {run}-*",
         s.seed,
@@ -1015,14 +1057,9 @@ async fn drill() -> Result<bool> {
             s.project
         );
     }
-    let (before, _) = converge(
-        &s.project,
-        &http,
-        &s.url,
-        Duration::from_secs(s.converge_secs),
-    )
-    .await
-    .context("the cluster is not ready before the drill")?;
+    let (before, _) = converge(&s.project, &internal, Duration::from_secs(s.converge_secs))
+        .await
+        .context("the cluster is not ready before the drill")?;
     say!(
         "{n_counters} counters in sync at seq {}",
         before.committed_seq
@@ -1072,20 +1109,21 @@ async fn drill() -> Result<bool> {
     let faults = faults?;
 
     let healed = Instant::now();
-    let converged = converge(
-        &s.project,
-        &http,
-        &s.url,
-        Duration::from_secs(s.converge_secs),
-    )
-    .await;
+    let converged = converge(&s.project, &internal, Duration::from_secs(s.converge_secs)).await;
     let converge_secs = healed.elapsed().as_secs_f64();
     let mut violations: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let (seq, divergences, final_counts) = match &converged {
         Ok((view, members)) => {
             let tenants = history.tenants().into_iter().collect();
-            let (counts, div) =
-                final_counts(&http, &s.url, members, view.committed_seq, tenants).await;
+            let (counts, div) = final_counts(
+                &http,
+                &internal,
+                &s.url,
+                members,
+                view.committed_seq,
+                tenants,
+            )
+            .await;
             (view.committed_seq.to_string(), div, Some(counts))
         }
         Err(e) => {
