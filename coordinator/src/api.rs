@@ -22,6 +22,7 @@ use storage::CounterState;
 use crate::client::CounterClient;
 use crate::error::ApiError;
 use crate::items::{self, Limits};
+use crate::reads::Reader;
 use crate::registry::Registry;
 use crate::sync::Syncer;
 use crate::txn::TxnManager;
@@ -32,6 +33,7 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub client: CounterClient,
     pub syncer: Syncer,
+    pub reader: Reader,
     pub limits: Limits,
     pub auth: Auth,
 }
@@ -87,8 +89,7 @@ async fn post_items(
     Ok(Json(StatusBody::success()))
 }
 
-/// Served by one in-sync counter, another on failure. An answer from a counter that has not applied
-/// every acknowledged commit is refused, so a read never misses an acknowledged write.
+/// Linearizable: see [`crate::reads`].
 async fn get_count(
     State(app): State<App>,
     tenant: Result<Path<String>, PathRejection>,
@@ -102,26 +103,9 @@ async fn get_count(
             app.limits.max_tenant_bytes
         )));
     }
-    let required = app.txn.acked_seq();
-    for target in app.registry.readers() {
-        let why = match app.client.count(&target, &tenant).await {
-            Ok(answer) if answer.last_applied >= required => {
-                return Ok(Json(CountBody {
-                    count: answer.count,
-                }))
-            }
-            Ok(answer) => format!(
-                "stale read: applied {}, {} acknowledged",
-                answer.last_applied, required
-            ),
-            Err(e) => format!("read failed: {e}"),
-        };
-        if app.registry.mark_lagging(&target.id, &why)? {
-            let store = app.txn.store().clone();
-            tokio::spawn(async move { store.durable().await });
-        }
-    }
-    Err(ApiError::Unavailable("no in-sync counter answered".into()))
+    Ok(Json(CountBody {
+        count: app.reader.count(&tenant).await?,
+    }))
 }
 
 async fn health() -> Json<StatusBody> {

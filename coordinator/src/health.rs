@@ -28,8 +28,9 @@ pub async fn run(
             let (registry, client, syncer) = (registry.clone(), client.clone(), syncer.clone());
             async move {
                 match client.status(&target).await {
-                    Ok(_) => {
+                    Ok(status) => {
                         registry.check_passed(&target.id);
+                        registry.note_applied(&target.id, status.last_applied);
                         if registry.state(&target.id) == Some(CounterState::Lagging) {
                             syncer.spawn(target.id.clone());
                         }

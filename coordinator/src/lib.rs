@@ -2,7 +2,7 @@
 //!
 //! It serves the public API and, on a listener of its own, the internal API that requires the cluster
 //! token ([`api`]), runs two-phase commit across the in-sync counters with group
-//! commit ([`txn`]), keeps the registration table ([`registry`]) with health checks ([`health`]), and
+//! commit ([`txn`]), serves linearizable reads ([`reads`]), keeps the registration table ([`registry`]) with health checks ([`health`]), and
 //! brings lagging counters back by incremental catch-up ([`sync`]). Its decisions and table are in
 //! sled ([`storage::CoordinatorStore`]): a restart recovers them and redoes unfinished phase 2 before
 //! it serves, so counters never need to restart with it.
@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod items;
+pub mod reads;
 pub mod registry;
 pub mod sync;
 pub mod txn;
@@ -71,11 +72,18 @@ pub async fn run(
         config.health_attempts,
     ));
 
+    let reader = reads::Reader {
+        registry: registry.clone(),
+        txn: txn.clone(),
+        client: client.clone(),
+        wait: config.read_timeout,
+    };
     let app = api::App {
         txn,
         registry,
         client,
         syncer,
+        reader,
         limits: items::Limits {
             max_id_bytes: config.max_id_bytes,
             max_tenant_bytes: config.max_tenant_bytes,

@@ -4,6 +4,9 @@
 //! written to the store; callers that must not answer a client before the change is durable await
 //! [`CoordinatorStore::durable`] (a counter taken out of the write set must not come back as in sync
 //! after a coordinator crash).
+//!
+//! It also knows, in memory only, the last seq each counter is known to have applied, which is what
+//! the read path routes by (see [`crate::reads`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,12 +23,16 @@ struct Member {
     syncing: Option<u64>,
     synced_entries: u64,
     synced_snapshot_items: u64,
+    /// The highest seq this counter told us it applied (never more than it holds: applied only grows).
+    applied: Seq,
 }
 
 pub struct Registry {
     store: CoordinatorStore,
     members: Mutex<BTreeMap<NodeId, Member>>,
     next_reader: AtomicUsize,
+    /// Bumped whenever a counter's known applied seq grows; readers waiting for phase 2 watch it.
+    applied_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A counter as the rest of the coordinator needs it.
@@ -49,6 +56,7 @@ impl Registry {
                         syncing: None,
                         synced_entries: 0,
                         synced_snapshot_items: 0,
+                        applied: 0,
                     },
                 )
             })
@@ -57,6 +65,7 @@ impl Registry {
             store,
             members: Mutex::new(members),
             next_reader: AtomicUsize::new(0),
+            applied_changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -78,14 +87,52 @@ impl Registry {
             .collect()
     }
 
-    /// The read set, rotated so reads spread over the in-sync counters.
-    pub fn readers(&self) -> Vec<Target> {
-        let mut set = self.in_sync();
+    /// The read set for a read that must see commit `required`: the in-sync counters known to have
+    /// applied it, rotated so reads spread over them.
+    pub fn readers(&self, required: Seq) -> Vec<Target> {
+        let mut set: Vec<Target> = self
+            .lock()
+            .iter()
+            .filter(|(_, m)| m.record.state == CounterState::InSync && m.applied >= required)
+            .map(|(id, m)| Target {
+                id: id.clone(),
+                url: m.record.url.clone(),
+            })
+            .collect();
         if !set.is_empty() {
             let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % set.len();
             set.rotate_left(n);
         }
         set
+    }
+
+    /// Records that counter `id` has applied every commit up to `seq` (it said so: a COMMIT
+    /// acknowledgement, a status, a read answer, or the end of its catch-up).
+    pub fn note_applied(&self, id: &str, seq: Seq) {
+        let grew = match self.lock().get_mut(id) {
+            Some(m) if m.applied < seq => {
+                m.applied = seq;
+                true
+            }
+            _ => false,
+        };
+        if grew {
+            self.applied_changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// After recovery: every in-sync counter has applied every commit up to `committed`. A counter
+    /// that missed one was marked lagging durably before any client heard of it, and recovery has
+    /// just redone every unfinished phase 2.
+    pub fn recovered(&self, committed: Seq) {
+        for id in self.in_sync().into_iter().map(|t| t.id) {
+            self.note_applied(&id, committed);
+        }
+    }
+
+    /// Wakes up when some counter's known applied seq grew.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_changes.subscribe()
     }
 
     pub fn all(&self) -> Vec<Target> {
@@ -122,17 +169,21 @@ impl Registry {
         Ok(true)
     }
 
-    /// Puts a counter that holds every committed transaction back in the write and read sets. The
-    /// caller holds the round lock, so no round can commit between its check and this.
-    pub fn promote(&self, id: &str) -> storage::Result<()> {
-        let mut members = self.lock();
-        if let Some(m) = members.get_mut(id) {
-            if m.record.state != CounterState::InSync {
-                m.record.state = CounterState::InSync;
-                self.store.put_counter(id, &m.record)?;
-                tracing::info!(node = id, "counter in sync");
+    /// Puts a counter that holds every committed transaction, up to `committed`, back in the write
+    /// and read sets. The caller holds the round lock, so no round can commit between its check and
+    /// this.
+    pub fn promote(&self, id: &str, committed: Seq) -> storage::Result<()> {
+        {
+            let mut members = self.lock();
+            if let Some(m) = members.get_mut(id) {
+                if m.record.state != CounterState::InSync {
+                    m.record.state = CounterState::InSync;
+                    self.store.put_counter(id, &m.record)?;
+                    tracing::info!(node = id, "counter in sync");
+                }
             }
         }
+        self.note_applied(id, committed);
         Ok(())
     }
 
@@ -150,6 +201,7 @@ impl Registry {
             syncing: None,
             synced_entries: 0,
             synced_snapshot_items: 0,
+            applied: 0,
         });
         m.failed_checks = 0;
         if !known || m.record.url != url {

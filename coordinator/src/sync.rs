@@ -137,7 +137,7 @@ impl Syncer {
         }
         match at.cmp(&committed) {
             std::cmp::Ordering::Equal => {
-                self.registry.promote(id)?;
+                self.registry.promote(id, committed)?;
                 self.txn.store().durable().await?;
                 Ok(())
             }
@@ -149,7 +149,7 @@ impl Syncer {
     /// An in-sync counter to copy from, preferring one whose log still reaches back past `at`.
     async fn source(&self, id: &str, at: Seq) -> Option<Source> {
         let mut fallback = None;
-        for target in self.registry.readers().into_iter().filter(|t| t.id != id) {
+        for target in self.registry.in_sync().into_iter().filter(|t| t.id != id) {
             let Ok(status) = self.client.status(&target).await else {
                 continue;
             };

@@ -13,9 +13,11 @@
 //! 3. COMMIT to the YES voters in parallel; one that fails is marked lagging (it learns the outcome by
 //!    asking, or by catching up). Phase 2 is then finished and the clients are answered.
 //!
-//! When the answer goes out, every in-sync counter has applied the round, which is why any in-sync
-//! counter can serve a fresh read. A restarted coordinator first redoes phase 2 of every decision not
-//! marked finished ([`TxnManager::recover`]).
+//! Once the decision is durable, and before any COMMIT goes out, the round's seq becomes the decided
+//! seq ([`TxnManager::decided_seq`]): a read that arrives from then on is served only by a counter that
+//! has applied it (see [`crate::reads`]), which is what makes reads linearizable. Every COMMIT
+//! acknowledgement tells the registry how far that counter got. A restarted coordinator first redoes
+//! phase 2 of every decision not marked finished ([`TxnManager::recover`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,8 +53,9 @@ pub struct TxnManager {
     pub round_lock: tokio::sync::Mutex<()>,
     /// The txid of the round collecting votes, if any: its outcome is not decided yet.
     voting: Mutex<Option<TxId>>,
-    /// Seq of the last round whose clients were answered: a read must see at least this much.
-    acked_seq: AtomicU64,
+    /// Seq of the last COMMIT decision made durable. Counters apply nothing beyond it, and a read must
+    /// see at least as much as it was when the read arrived.
+    decided_seq: AtomicU64,
     queue: mpsc::Sender<Request>,
 }
 
@@ -66,7 +69,7 @@ impl TxnManager {
         max_round_items: usize,
     ) -> storage::Result<Arc<Self>> {
         let (queue, rx) = mpsc::channel(MAX_QUEUED_REQUESTS);
-        let acked = store.committed_seq()?;
+        let decided = store.committed_seq()?;
         let manager = Arc::new(TxnManager {
             store,
             registry,
@@ -74,7 +77,7 @@ impl TxnManager {
             min_replicas: min_replicas.max(1),
             round_lock: tokio::sync::Mutex::new(()),
             voting: Mutex::new(None),
-            acked_seq: AtomicU64::new(acked),
+            decided_seq: AtomicU64::new(decided),
             queue,
         });
         tokio::spawn(manager.clone().sequencer(rx, max_round_items));
@@ -99,8 +102,9 @@ impl TxnManager {
             .map_err(|_| ApiError::unknown("the round ended without an answer"))?
     }
 
-    pub fn acked_seq(&self) -> Seq {
-        self.acked_seq.load(Ordering::SeqCst)
+    /// Seq of the last COMMIT decision made durable (0 before any).
+    pub fn decided_seq(&self) -> Seq {
+        self.decided_seq.load(Ordering::SeqCst)
     }
 
     pub fn store(&self) -> &CoordinatorStore {
@@ -198,12 +202,13 @@ impl TxnManager {
         self.store.durable().await.map_err(ApiError::unknown)?;
         crash::point("coordinator-after-decision");
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // Before any counter can apply it: a read arriving from now on must see this round.
+        self.decided_seq.fetch_max(seq, Ordering::SeqCst);
 
         // Phase 2.
         self.phase2(txid, seq, &yes, n_items)
             .await
             .map_err(ApiError::unknown)?;
-        self.acked_seq.fetch_max(seq, Ordering::SeqCst);
         Ok(seq)
     }
 
@@ -223,11 +228,15 @@ impl TxnManager {
             crash::point("coordinator-mid-phase2");
             pending = &pending[1..];
         }
-        let acks = join_all(
-            pending
-                .iter()
-                .map(|t| self.client.commit(t, txid, seq, items)),
-        )
+        // Each acknowledgement is noted as it arrives: a read waiting for this round is served by the
+        // first counter that applied it, not after the slowest.
+        let acks = join_all(pending.iter().map(|t| async move {
+            let ack = self.client.commit(t, txid, seq, items).await;
+            if let Ok(applied) = &ack {
+                self.registry.note_applied(&t.id, applied.last_applied);
+            }
+            ack
+        }))
         .await;
         let mut dropped = false;
         for (target, ack) in pending.iter().zip(acks) {
@@ -283,8 +292,9 @@ impl TxnManager {
             self.phase2(txid, decision.seq, &targets, LARGEST_ROUND)
                 .await?;
         }
-        self.acked_seq
-            .fetch_max(self.store.committed_seq()?, Ordering::SeqCst);
+        let committed = self.store.committed_seq()?;
+        self.decided_seq.fetch_max(committed, Ordering::SeqCst);
+        self.registry.recovered(committed);
         Ok(())
     }
 }

@@ -48,6 +48,7 @@ impl Participant {
 
     /// Phase 2: applies the prepared transaction as commit `seq`, acknowledged once durable.
     pub async fn commit(&self, txid: TxId, seq: Seq) -> Result<Seq, Error> {
+        crash::delay("counter-before-commit").await;
         self.blocking(move |s| s.apply_commit(txid, seq)).await?;
         self.store.durable().await?;
         crash::point("counter-after-commit");

@@ -1,9 +1,11 @@
-//! Named crash points for tests.
+//! Named crash points and delay points for tests.
 //!
 //! With the `crash-points` feature, a process started with `DC_CRASH_AT=<name>` aborts the first time
 //! it reaches [`point`]`(<name>)` (`DC_CRASH_AT=<name>:<n>` on the n-th time). `abort` runs no
 //! destructors, so sled gets no chance to flush: what survives is exactly what was flushed before.
-//! Without the feature, `point` compiles to nothing.
+//! A process started with `DC_DELAY_AT=<name>:<ms>` sleeps that long every time it reaches
+//! [`delay`]`(<name>)`: a slow replica, without starving a whole machine.
+//! Without the feature, both compile to nothing.
 
 #[cfg(feature = "crash-points")]
 pub fn point(name: &str) {
@@ -42,3 +44,24 @@ pub fn armed(name: &str) -> bool {
 pub fn armed(_name: &str) -> bool {
     false
 }
+
+/// Sleeps at `name` when the process was started with `DC_DELAY_AT=<name>:<ms>` (see the module doc).
+#[cfg(feature = "crash-points")]
+pub async fn delay(name: &str) {
+    use std::sync::OnceLock;
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let target = TARGET.get_or_init(|| {
+        let spec = std::env::var("DC_DELAY_AT").ok()?;
+        let (name, ms) = spec.split_once(':')?;
+        Some((name.to_owned(), ms.parse().ok()?))
+    });
+    if let Some((want, ms)) = target {
+        if want == name {
+            tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+        }
+    }
+}
+
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub async fn delay(_name: &str) {}

@@ -10,7 +10,9 @@
 //! - **atomic batches**: a tenant written by one batch only (re-sends of it included) counts all of the
 //!   batch or none of it, and all of it if any POST of it was acknowledged;
 //! - **fresh, bounded reads**: a read counts at least the distinct ids acknowledged before it began and
-//!   at most the distinct ids of POSTs not refused that began before it ended.
+//!   at most the distinct ids of POSTs not refused that began before it ended;
+//! - **linearizable reads** (real-time order): a read that began after another read of the same tenant
+//!   ended returns at least what that one returned; a count is never seen to go down.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -79,6 +81,8 @@ pub struct Report {
     pub refused: usize,
     pub unknown: usize,
     pub reads: usize,
+    /// Reads that returned less than a read of the same tenant that ended before they began.
+    pub non_monotonic: usize,
     pub tenants: usize,
     pub violations: Vec<String>,
 }
@@ -93,12 +97,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} writes ({} acknowledged, {} refused, {} unknown), {} reads, {} tenants, {} violations",
+            "{} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} non-monotonic), {} tenants, {} violations",
             self.writes,
             self.acknowledged,
             self.refused,
             self.unknown,
             self.reads,
+            self.non_monotonic,
             self.tenants,
             self.violations.len()
         )?;
@@ -275,9 +280,39 @@ impl History {
                     ));
                 }
             }
+            for (r, before) in non_monotonic(&rs) {
+                report.non_monotonic += 1;
+                report.violations.push(format!(
+                    "non-monotonic read of {:?} at {:?}..{:?}: saw {} after a read that ended at {:?} saw {}",
+                    r.tenant, r.invoked, r.completed, r.value, before.completed, before.value
+                ));
+            }
         }
         report
     }
+}
+
+/// Reads that returned less than an earlier read (of the same tenant) that ended before they began,
+/// each with the highest such earlier read. One sweep over the reads by start, one by end.
+fn non_monotonic<'a>(reads: &[&'a Read]) -> Vec<(&'a Read, &'a Read)> {
+    let mut by_start = reads.to_vec();
+    by_start.sort_by_key(|r| r.invoked);
+    let mut by_end = reads.to_vec();
+    by_end.sort_by_key(|r| r.completed);
+    let mut ended = by_end.into_iter().peekable();
+    let mut highest: Option<&Read> = None;
+    let mut out = Vec::new();
+    for r in by_start {
+        while let Some(done) = ended.next_if(|d| d.completed < r.invoked) {
+            if highest.is_none_or(|h| done.value > h.value) {
+                highest = Some(done);
+            }
+        }
+        if let Some(h) = highest.filter(|h| r.value < h.value) {
+            out.push((r, h));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -350,6 +385,29 @@ mod tests {
     }
 
     #[test]
+    fn a_count_seen_to_go_down_is_caught_but_overlapping_reads_may_differ() {
+        let h = History::new();
+        // A write of two ids whose outcome is unknown: reads may see 0, 1 or 2 of them.
+        let w = h.now();
+        // Two overlapping reads may return either order.
+        let (a, b) = (h.now(), h.now());
+        h.read(a, "t", 2);
+        h.read(b, "t", 1);
+        // This one began after both ended: it must see at least 2.
+        h.read(h.now(), "t", 1);
+        h.read(h.now(), "t", 2);
+        h.write(w, &items("t", &["1", "2"]), Outcome::Unknown);
+        let report = h.check(&counts(&[("t", 2)]));
+        assert_eq!(report.non_monotonic, 1, "{report}");
+        assert_eq!(report.violations.len(), 1, "{report}");
+        assert!(
+            report.violations[0].contains("saw 1 after a read")
+                && report.violations[0].contains("saw 2"),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn a_stale_read_among_fresh_ones_is_caught() {
         let h = History::new();
         h.read(h.now(), "a", 0);
@@ -359,7 +417,7 @@ mod tests {
         h.write(h.now(), &items("a", &["3"]), Outcome::Failed);
         h.read(h.now(), "a", 3);
         let report = h.check(&counts(&[("a", 2)]));
-        assert_eq!(report.violations.len(), 2, "{report}");
+        assert_eq!(report.violations.len(), 3, "{report}");
         assert!(
             report.violations[0].contains("saw 1, expected 2..=2"),
             "{report}"
@@ -368,5 +426,7 @@ mod tests {
             report.violations[1].contains("saw 3, expected 2..=2"),
             "{report}"
         );
+        // The stale read also went down from the read before it.
+        assert_eq!(report.non_monotonic, 1, "{report}");
     }
 }

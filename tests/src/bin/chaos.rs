@@ -1202,7 +1202,7 @@ async fn drill() -> Result<bool> {
         .map(|(k, v)| format!("{k} {}", v.len()))
         .collect();
     println!(
-        "chaos {}: {:.0}s, seed {}, {n_counters} counters; {} operations: {} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} failed), {} tenants; {} faults ({}; {} kills, {} starts, {} docker errors); converged in {converge_secs:.1}s at seq {seq}; {} error log lines; {total} violations ({})",
+        "chaos {}: {:.0}s, seed {}, {n_counters} counters; {} operations: {} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} failed, {} non-monotonic), {} tenants; {} faults ({}; {} kills, {} starts, {} docker errors); converged in {converge_secs:.1}s at seq {seq}; {} error log lines; {total} violations ({})",
         if total == 0 { "PASS" } else { "FAIL" },
         began.elapsed().as_secs_f64(),
         s.seed,
@@ -1213,6 +1213,7 @@ async fn drill() -> Result<bool> {
         report.unknown,
         report.reads + shared.read_failures.load(Ordering::Relaxed) as usize,
         shared.read_failures.load(Ordering::Relaxed),
+        report.non_monotonic,
         report.tenants,
         faults.by_kind.values().sum::<u64>(),
         fault_figures.join(", "),

@@ -1,0 +1,74 @@
+//! The read path: `GET /items/{tenant}/count`, linearizable.
+//!
+//! **The rule.** A read that arrives when the last COMMIT decision made durable is seq `D` is served
+//! only by an in-sync counter that has applied at least `D`. The coordinator knows which counters
+//! have: every COMMIT acknowledgement, promotion, health check and read answer tells it a counter's
+//! last applied seq ([`Registry::note_applied`]). So a read goes, O(1), to any in-sync counter known
+//! to be there; while phase 2 of round `D` is still under way and no counter has acknowledged it yet,
+//! the read waits for the first acknowledgement (bounded by the read timeout: past it, `503`). A
+//! counter that is slow to apply a round is simply not chosen until it has: the read is served by a
+//! faster replica and never waits for the slowest.
+//!
+//! **Why it is linearizable.** Let `D(t)` be the decided seq at time `t`; it only grows (also across a
+//! coordinator restart, which starts from the durable `committed_seq`). A counter applies commits in
+//! seq order and only once decided, and answers with `last_applied` read *before* the count, so a read
+//! served at `[start, end]` returns the count of a prefix `1..=k` of the commit order with
+//! `D(start) <= k <= D(end)`. If read R1 ends before R2 starts, then `k1 <= D(end1) <= D(start2) <=
+//! k2`, and every replica holds the same items for the same prefix, so R2's count is at least R1's.
+//! The same bound gives freshness: a POST acknowledged before R2 started has a seq at most
+//! `D(start2)`. See ARCHITECTURE.md, "The read path".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::CounterClient;
+use crate::error::ApiError;
+use crate::registry::Registry;
+use crate::txn::TxnManager;
+
+#[derive(Clone)]
+pub struct Reader {
+    pub registry: Arc<Registry>,
+    pub txn: Arc<TxnManager>,
+    pub client: CounterClient,
+    /// How long a read may wait for a counter to apply the last decided round.
+    pub wait: Duration,
+}
+
+impl Reader {
+    /// The tenant's count, from a counter that has applied every commit decided before this call.
+    pub async fn count(&self, tenant: &str) -> Result<u64, ApiError> {
+        let required = self.txn.decided_seq();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut applied = self.registry.watch_applied();
+        loop {
+            // Marked seen before the registry is read, so no acknowledgement slips between the two.
+            applied.borrow_and_update();
+            for target in self.registry.readers(required) {
+                let why = match self.client.count(&target, tenant).await {
+                    Ok(answer) if answer.last_applied >= required => return Ok(answer.count),
+                    // It acknowledged `required` before: this is not the replica we knew.
+                    Ok(answer) => format!(
+                        "stale read: applied {}, known to have applied {required}",
+                        answer.last_applied
+                    ),
+                    Err(e) => format!("read failed: {e}"),
+                };
+                if self.registry.mark_lagging(&target.id, &why)? {
+                    let store = self.txn.store().clone();
+                    tokio::spawn(async move { store.durable().await });
+                }
+            }
+            // No in-sync counter has applied `required` yet: phase 2 is under way. Wait for the next
+            // acknowledgement (or promotion) and look again.
+            if !matches!(
+                tokio::time::timeout_at(deadline, applied.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Err(ApiError::Unavailable(format!(
+                    "no in-sync counter has applied commit {required} yet"
+                )));
+            }
+        }
+    }
+}
