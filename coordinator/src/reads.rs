@@ -40,10 +40,14 @@ impl Reader {
     pub async fn count(&self, tenant: &str) -> Result<u64, ApiError> {
         let required = self.txn.decided_seq();
         let deadline = tokio::time::Instant::now() + self.wait;
-        let mut applied = self.registry.watch_applied();
+        // Subscribed to acknowledgements only when no counter is ready: the common path stays a
+        // lookup and one call.
+        let mut applied: Option<tokio::sync::watch::Receiver<u64>> = None;
         loop {
-            // Marked seen before the registry is read, so no acknowledgement slips between the two.
-            applied.borrow_and_update();
+            if let Some(applied) = &mut applied {
+                // Marked seen before the registry is read, so no acknowledgement slips between.
+                applied.borrow_and_update();
+            }
             for target in self.registry.readers(required) {
                 let why = match self.client.count(&target, tenant).await {
                     Ok(answer) if answer.last_applied >= required => return Ok(answer.count),
@@ -59,10 +63,14 @@ impl Reader {
                     tokio::spawn(async move { store.durable().await });
                 }
             }
-            // No in-sync counter has applied `required` yet: phase 2 is under way. Wait for the next
-            // acknowledgement (or promotion) and look again.
+            // No in-sync counter has applied `required` yet: phase 2 is under way. Subscribe and look
+            // once more, then wait for the next acknowledgement (or promotion) and look again.
+            let Some(changes) = &mut applied else {
+                applied = Some(self.registry.watch_applied());
+                continue;
+            };
             if !matches!(
-                tokio::time::timeout_at(deadline, applied.changed()).await,
+                tokio::time::timeout_at(deadline, changes.changed()).await,
                 Ok(Ok(()))
             ) {
                 return Err(ApiError::Unavailable(format!(
