@@ -6,12 +6,22 @@ PORT ?= 8080
 # Test builds compile in the crash points that tests use to kill a process at a named step.
 TEST_FEATURES = --features coordinator/crash-points,counter/crash-points
 
-.PHONY: test run build up down logs cluster chaos clean-data bench fmt lint token
+.PHONY: test api-fuzz openapi run status build up down logs chaos clean-data bench fmt lint token
 
 test:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 	cargo build --workspace --bins $(TEST_FEATURES)
 	cargo nextest run --workspace $(TEST_FEATURES) --no-fail-fast
+
+# Schemathesis (installed into a virtualenv under target/) against the /openapi.json of a live local
+# cluster: no 5xx, every answer as documented, and correct counts afterwards.
+api-fuzz:
+	cargo build --bins
+	./scripts/api-fuzz.sh
+
+# Rewrites docs/openapi.json from the code, after a deliberate change of the public API.
+openapi:
+	UPDATE_OPENAPI=1 cargo test -p coordinator --test openapi
 
 # Coordinator on 127.0.0.1:$(PORT) (internal API on the next port) and 3 counters as local processes;
 # data and the cluster token (created on first use) under ./data. Ctrl-C stops all.
@@ -80,10 +90,11 @@ down:
 logs:
 	$(COMPOSE) logs $(LOGS_FLAGS)
 
-# The operator's view (counters, states, seq), asked from the coordinator's internal listener inside its
-# container with the cluster token.
-cluster:
-	$(COMPOSE) exec -T coordinator /coordinator cluster
+# One table: every counter's state, last applied seq, lag, failed health checks and items/s, asked
+# from the coordinator's internal listener with the cluster token: inside the compose cluster's
+# coordinator container when it runs, otherwise from the `make run` cluster (data/cluster-token).
+status:
+	@if command -v docker-compose >/dev/null && [ -n "$$($(COMPOSE) ps -q coordinator 2>/dev/null)" ]; then 	  $(COMPOSE) exec -T coordinator /coordinator status; 	else 	  target/debug/coordinator status --url http://127.0.0.1:$$(( $(PORT) + 1 )) --cluster-token-file data/cluster-token; 	fi
 
 # Deletes every service's data (stops the cluster first); the cluster token stays.
 clean-data: down

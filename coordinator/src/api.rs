@@ -1,8 +1,13 @@
 //! HTTP layer of the coordinator, on two listeners: the public API ([`public_router`]: items, counts,
-//! health) and the internal API ([`internal_router`]: the counters' registration and outcome queries,
-//! the operator's cluster view), every route of which requires the cluster token. Nothing internal is
-//! reachable from the public port, not even as a 401. Handlers parse, call the transaction manager,
-//! registry or syncer, and map errors; no protocol logic lives here.
+//! health, status, metrics, its OpenAPI document) and the internal API ([`internal_router`]: the
+//! counters' registration and outcome queries, the operator's cluster view), every route of which
+//! requires the cluster token. Nothing internal is reachable from the public port, not even as a 401.
+//! Handlers parse, call the transaction manager, registry or reader, and map errors; no protocol
+//! logic lives here.
+//!
+//! The public routes are registered together with their OpenAPI descriptions (`utoipa_axum::routes!`
+//! on the `#[utoipa::path]` of each handler), so the document served at `/openapi.json` lists exactly
+//! the routes served; `tests/openapi.rs` checks it against the checked-in `docs/openapi.json`.
 
 use std::sync::Arc;
 
@@ -10,14 +15,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use service::auth::{self, Auth};
+use service::observe;
 use storage::proto::{
-    paths, ClusterView, CountBody, Outcome, OutcomeQuery, RegisterReply, RegisterRequest,
-    StatusBody,
+    paths, ClusterView, CountBody, Outcome, OutcomeQuery, PublicStatus, RegisterReply,
+    RegisterRequest, StatusBody,
 };
 use storage::CounterState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::client::CounterClient;
 use crate::error::ApiError;
@@ -38,12 +47,25 @@ pub struct App {
     pub auth: Auth,
 }
 
-/// The public API.
+/// The public API's routes with their OpenAPI descriptions; [`public_router`] serves them.
+pub fn public_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(post_items))
+        .routes(routes!(get_count))
+        .routes(routes!(health))
+        .routes(routes!(status))
+        .routes(routes!(metrics))
+}
+
+/// The public API, with `/openapi.json` describing it.
 pub fn public_router(app: App, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/items", post(post_items))
-        .route("/items/{tenant}/count", get(get_count))
-        .route(paths::HEALTH, get(health))
+    let (router, document) = public_routes().split_for_parts();
+    let document = Arc::new(document);
+    router
+        .route(
+            crate::openapi::PATH,
+            get(move || async move { Json(document.as_ref().clone()) }),
+        )
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; try POST /items or GET /items/{tenant}/count".into(),
@@ -71,6 +93,18 @@ pub fn internal_router(app: App) -> Router {
         ))
 }
 
+/// Adds items. Every item of one POST is counted, or none is; an id already counted for its tenant
+/// is counted once, so re-sending a POST is always safe.
+#[utoipa::path(post, path = "/items", tag = "items",
+    request_body(content = Vec<crate::openapi::ItemInput>, description = "The items to add; any Content-Type, parsed as JSON"),
+    responses(
+        (status = 200, description = "Committed on every in-sync counter", body = StatusBody),
+        (status = 400, description = "Malformed body or item; nothing was written", body = StatusBody),
+        (status = 413, description = "Body or item count over the limit; nothing was written", body = StatusBody),
+        (status = 500, description = "Outcome unknown; re-sending is safe", body = StatusBody),
+        (status = 503, description = "No quorum of counters, or overloaded; nothing was written", body = StatusBody),
+        (status = 504, description = "Took too long; outcome unknown, re-sending is safe", body = StatusBody),
+    ))]
 async fn post_items(
     State(app): State<App>,
     body: Result<Bytes, BytesRejection>,
@@ -89,7 +123,17 @@ async fn post_items(
     Ok(Json(StatusBody::success()))
 }
 
-/// Linearizable: see [`crate::reads`].
+/// The number of distinct ids posted for a tenant. Linearizable: it counts every POST acknowledged
+/// before the read began, and never less than a read that ended before it began (see
+/// [`crate::reads`]).
+#[utoipa::path(get, path = "/items/{tenant}/count", tag = "items",
+    params(("tenant" = String, Path, description = "Any UTF-8 string, percent-encoded, at most 256 bytes")),
+    responses(
+        (status = 200, description = "The count (0 for a tenant never seen)", body = CountBody),
+        (status = 400, description = "Tenant too long or not valid UTF-8", body = StatusBody),
+        (status = 503, description = "No counter can serve the read right now, or overloaded", body = StatusBody),
+        (status = 504, description = "Took too long", body = StatusBody),
+    ))]
 async fn get_count(
     State(app): State<App>,
     tenant: Result<Path<String>, PathRejection>,
@@ -108,8 +152,47 @@ async fn get_count(
     }))
 }
 
+/// Liveness: `200` while the coordinator serves.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Serving", body = StatusBody)))]
 async fn health() -> Json<StatusBody> {
     Json(StatusBody::success())
+}
+
+/// The cluster at a glance: committed rounds and counters by state, without node ids or addresses.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses(
+        (status = 200, description = "Counters by state", body = PublicStatus),
+        (status = 500, description = "Local storage failure", body = StatusBody),
+    ))]
+async fn status(State(app): State<App>) -> Result<Json<PublicStatus>, ApiError> {
+    let counts = app.registry.state_counts();
+    Ok(Json(PublicStatus {
+        committed_seq: app.txn.store().committed_seq()?,
+        in_sync: counts.in_sync,
+        syncing: counts.syncing,
+        lagging: counts.lagging,
+    }))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+async fn metrics(State(app): State<App>) -> Response {
+    let counts = app.registry.state_counts();
+    for (state, n) in [
+        ("InSync", counts.in_sync),
+        ("Syncing", counts.syncing),
+        ("Lagging", counts.lagging),
+    ] {
+        metrics::gauge!("dc_counters", "state" => state).set(n as f64);
+    }
+    metrics::gauge!("dc_write_queue_depth").set(app.txn.queue_depth() as f64);
+    metrics::gauge!("dc_decided_seq").set(app.txn.decided_seq() as f64);
+    if let Ok(bytes) = app.txn.store().size_on_disk() {
+        metrics::gauge!("dc_disk_bytes").set(bytes as f64);
+    }
+    observe::render()
 }
 
 async fn register(

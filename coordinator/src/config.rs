@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use service::observe::LogFormat;
+use service::serve::{positive_duration, ServeArgs};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
     /// Address of the public API: items, counts and health, nothing internal.
@@ -35,11 +38,12 @@ pub struct Config {
     pub health_attempts: u32,
 
     /// Timeout of each PREPARE, COMMIT and ROLLBACK call; a counter that misses it leaves the write set.
-    #[arg(long, env = "CALL_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CALL_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     pub call_timeout: Duration,
 
-    /// Timeout of each read, health and sync call.
-    #[arg(long, env = "READ_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Timeout of each read, health and sync call, and how long a read may wait for a counter to
+    /// apply the last decided round.
+    #[arg(long, env = "READ_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub read_timeout: Duration,
 
     /// Writes fail with 503 when fewer in-sync counters than this can take them.
@@ -75,13 +79,16 @@ pub struct Config {
     /// one, to this file (for scripts and tests using port 0).
     #[arg(long, env = "COORDINATOR_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
-}
 
-/// A duration like "10s" that is not zero (a zero interval would make the health ticker spin).
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
+    /// On SIGTERM: how long the running round and open requests may take to finish before the
+    /// coordinator flushes and exits. Shorter than compose's stop_grace_period (10 s).
+    #[arg(long, env = "COORDINATOR_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = positive_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }

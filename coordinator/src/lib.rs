@@ -16,8 +16,10 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod items;
+pub mod openapi;
 pub mod reads;
 pub mod registry;
+pub mod status;
 pub mod sync;
 pub mod txn;
 
@@ -33,6 +35,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything records a metric: what is recorded without a recorder is lost.
+    service::observe::recorder();
     let auth = config.auth.load()?;
     auth.announce();
     let store = storage::CoordinatorStore::open(&config.data_dir)
@@ -112,61 +116,46 @@ pub async fn run(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        tracing::info!(
+            "shutting down: no new connections; finishing open requests and the running round"
+        );
         let _ = stop.send(true);
     });
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&s| s).await;
     };
+    let public_app = service::serve::protect(
+        api::public_router(app.clone(), config.max_body_bytes),
+        &config.serve,
+    )
+    .layer(axum::middleware::from_fn(service::observe::track_http));
+    let internal_app = service::serve::protect(api::internal_router(app.clone()), &config.serve)
+        .layer(axum::middleware::from_fn(service::observe::track_http));
     let public = axum::serve(
         public,
-        api::public_router(app.clone(), config.max_body_bytes)
-            .into_make_service_with_connect_info::<SocketAddr>(),
+        public_app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(until_stopped(stopped.clone()));
     let internal = axum::serve(
         internal,
-        api::internal_router(app).into_make_service_with_connect_info::<SocketAddr>(),
+        internal_app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(until_stopped(stopped));
-    tokio::try_join!(public.into_future(), internal.into_future())?;
-    Ok(())
-}
+    .with_graceful_shutdown(until_stopped(stopped.clone()));
 
-/// The `cluster` subcommand: prints the operator's view from the internal listener of the
-/// coordinator at `url`, authenticated with the configured token. Exit status 0 on success.
-pub async fn print_cluster(config: &Config, url: &str) -> anyhow::Result<()> {
-    let auth = config.auth.load()?;
-    let view: serde_json::Value = auth
-        .client_builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?
-        .get(format!(
-            "{}{}",
-            url.trim_end_matches('/'),
-            storage::proto::paths::CLUSTER
-        ))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    println!("{}", serde_json::to_string_pretty(&view)?);
-    Ok(())
-}
-
-/// Exit status for the `healthcheck` subcommand: 0 when the service at `url` answers.
-pub async fn healthcheck(url: &str) -> i32 {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(3))
-        .build();
-    let ok = match client {
-        Ok(c) => matches!(c.get(url).send().await, Ok(r) if r.status().is_success()),
-        Err(_) => false,
+    // Once stopped, open requests get `shutdown_timeout` to finish; then the connections are dropped.
+    let serving = async { tokio::try_join!(public.into_future(), internal.into_future()) };
+    let overdue = async {
+        until_stopped(stopped).await;
+        tokio::time::sleep(config.shutdown_timeout).await;
     };
-    if ok {
-        0
-    } else {
-        1
+    tokio::select! {
+        served = serving => { served?; }
+        () = overdue => tracing::warn!(timeout = ?config.shutdown_timeout,
+            "requests still open at the shutdown timeout; closing them"),
     }
+    // No round is left half-done by the exit, and everything decided is on disk.
+    app.txn.quiesce(config.shutdown_timeout).await;
+    app.txn.store().durable().await?;
+    tracing::info!("stopped");
+    Ok(())
 }

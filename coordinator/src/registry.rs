@@ -25,6 +25,57 @@ struct Member {
     synced_snapshot_items: u64,
     /// The highest seq this counter told us it applied (never more than it holds: applied only grows).
     applied: Seq,
+    /// Items it applied recently, for the operator's items/s.
+    rate: Rate,
+}
+
+/// Items per second over the last [`Rate::SECONDS`] whole seconds, in one-second buckets.
+#[derive(Debug, Clone, Default)]
+struct Rate {
+    /// (second since the process started, items applied in it), indexed by second modulo the length.
+    buckets: [(u64, u64); Rate::SECONDS as usize + 1],
+}
+
+impl Rate {
+    const SECONDS: u64 = 5;
+
+    fn now() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+    }
+
+    fn add(&mut self, items: u64) {
+        let now = Self::now();
+        let slot = &mut self.buckets[(now % (Self::SECONDS + 1)) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += items;
+    }
+
+    /// The whole seconds before the current one only, so the figure does not dip as a second begins.
+    fn per_sec(&self) -> f64 {
+        let now = Self::now();
+        let recent = |s: u64| s < now && s + Self::SECONDS >= now;
+        let items: u64 = self
+            .buckets
+            .iter()
+            .filter(|(s, _)| recent(*s))
+            .map(|(_, n)| n)
+            .sum();
+        items as f64 / Self::SECONDS as f64
+    }
+}
+
+/// How many registered counters are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub in_sync: usize,
+    pub syncing: usize,
+    pub lagging: usize,
 }
 
 pub struct Registry {
@@ -57,6 +108,7 @@ impl Registry {
                         synced_entries: 0,
                         synced_snapshot_items: 0,
                         applied: 0,
+                        rate: Rate::default(),
                     },
                 )
             })
@@ -202,6 +254,7 @@ impl Registry {
             synced_entries: 0,
             synced_snapshot_items: 0,
             applied: 0,
+            rate: Rate::default(),
         });
         m.failed_checks = 0;
         if !known || m.record.url != url {
@@ -262,11 +315,34 @@ impl Registry {
         }
     }
 
-    pub fn add_synced(&self, id: &str, entries: u64, snapshot_items: u64) {
+    /// Counts what a catch-up sent to `id`: log entries holding `entry_items` items, and snapshot items.
+    pub fn add_synced(&self, id: &str, entries: u64, entry_items: u64, snapshot_items: u64) {
         if let Some(m) = self.lock().get_mut(id) {
             m.synced_entries += entries;
             m.synced_snapshot_items += snapshot_items;
+            m.rate.add(entry_items + snapshot_items);
         }
+        metrics::counter!("dc_catchup_log_entries_total").increment(entries);
+        metrics::counter!("dc_catchup_snapshot_items_total").increment(snapshot_items);
+    }
+
+    /// Counts `items` applied by `id` in a round it acknowledged.
+    pub fn add_applied_items(&self, id: &str, items: u64) {
+        if let Some(m) = self.lock().get_mut(id) {
+            m.rate.add(items);
+        }
+    }
+
+    pub fn state_counts(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for m in self.lock().values() {
+            match (m.record.state, m.syncing) {
+                (CounterState::InSync, _) => counts.in_sync += 1,
+                (CounterState::Lagging, Some(_)) => counts.syncing += 1,
+                (CounterState::Lagging, None) => counts.lagging += 1,
+            }
+        }
+        counts
     }
 
     /// The operator's view; `refused_calls` is the HTTP layer's to fill in.
@@ -283,6 +359,9 @@ impl Registry {
                     (CounterState::Lagging, None) => "Lagging",
                 }
                 .to_owned(),
+                last_applied: m.applied,
+                lag: committed_seq.saturating_sub(m.applied),
+                items_per_sec: m.rate.per_sec(),
                 failed_checks: m.failed_checks,
                 synced_entries: m.synced_entries,
                 synced_snapshot_items: m.synced_snapshot_items,

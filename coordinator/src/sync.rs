@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use storage::proto::LogPage;
 use storage::{crash, Seq};
+use tracing::Instrument;
 
 use crate::client::{CallError, CounterClient};
 use crate::registry::{Registry, Target};
@@ -84,12 +85,16 @@ impl Syncer {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.catch_up(&id).await {
-                tracing::warn!(node = %id, error = %e, "catch-up failed; retried at the next health check or registration");
+        let span = tracing::info_span!("catch_up", node = %id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.catch_up(&id).await {
+                    tracing::warn!(error = %e, "catch-up failed; retried at the next health check or registration");
+                }
+                this.registry.end_sync(&id, generation);
             }
-            this.registry.end_sync(&id, generation);
-        });
+            .instrument(span),
+        );
     }
 
     fn target(&self, id: &str) -> Result<Target, SyncError> {
@@ -190,8 +195,10 @@ impl Syncer {
                 }
                 LogPage::Entries(entries) => {
                     let n = entries.len() as u64;
+                    let items = entries.iter().map(|e| e.items.len() as u64).sum();
                     at = self.client.apply_log(target, entries).await?.last_applied;
-                    self.registry.add_synced(&target.id, n, 0);
+                    self.registry.add_synced(&target.id, n, items, 0);
+                    self.registry.note_applied(&target.id, at);
                     crash::point("coordinator-mid-sync");
                 }
                 LogPage::Trimmed { floor } if snapshots > 0 && !locked => {
@@ -217,7 +224,7 @@ impl Syncer {
                 .await?;
             let n = page.items.len() as u64;
             self.client.import(target, page.items).await?;
-            self.registry.add_synced(&target.id, 0, n);
+            self.registry.add_synced(&target.id, 0, 0, n);
             crash::point("coordinator-mid-sync");
             cursor = page.next;
             if cursor.is_none() {

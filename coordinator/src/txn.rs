@@ -21,6 +21,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures_util::future::join_all;
 use storage::proto::{Outcome, Vote};
@@ -111,6 +112,20 @@ impl TxnManager {
         &self.store
     }
 
+    /// On shutdown: waits (at most `timeout`) for the running round to end, then holds the round lock
+    /// so that no other starts before the process exits.
+    pub async fn quiesce(&self, timeout: std::time::Duration) {
+        match tokio::time::timeout(timeout, self.round_lock.lock()).await {
+            Ok(guard) => std::mem::forget(guard),
+            Err(_) => tracing::warn!("a round was still running at the shutdown timeout"),
+        }
+    }
+
+    /// POSTs waiting for the sequencer.
+    pub fn queue_depth(&self) -> usize {
+        MAX_QUEUED_REQUESTS - self.queue.capacity()
+    }
+
     async fn sequencer(self: Arc<Self>, mut rx: mpsc::Receiver<Request>, max_round_items: usize) {
         while let Some(first) = rx.recv().await {
             let mut items = first.items;
@@ -125,7 +140,15 @@ impl TxnManager {
                 }
             }
             let requests = replies.len();
+            metrics::histogram!("dc_round_requests_size").record(requests as f64);
+            metrics::histogram!("dc_round_items_size").record(items.len() as f64);
             let result = self.round(items).await;
+            let outcome = match &result {
+                Ok(_) => "committed",
+                Err(ApiError::Unknown(_)) => "unknown",
+                Err(_) => "aborted",
+            };
+            metrics::counter!("dc_rounds_total", "outcome" => outcome).increment(1);
             if let Err(e) = &result {
                 tracing::warn!(error = %e, requests, "round failed");
             }
@@ -151,6 +174,7 @@ impl TxnManager {
         // Phase 1.
         let participants = self.registry.in_sync();
         if participants.len() < self.min_replicas {
+            abort_cause("too_few_in_sync");
             return Err(ApiError::Unavailable(format!(
                 "{} counters in sync, {} needed",
                 participants.len(),
@@ -159,12 +183,14 @@ impl TxnManager {
         }
         let n_items = items.len();
         let body = CounterClient::prepare_body(txid, items);
+        let began = Instant::now();
         let votes = join_all(
             participants
                 .iter()
                 .map(|t| self.client.prepare(t, body.clone(), n_items)),
         )
         .await;
+        phase_done("prepare", began);
         let mut yes = Vec::new();
         let mut dropped = false;
         for (target, vote) in participants.into_iter().zip(votes) {
@@ -180,6 +206,7 @@ impl TxnManager {
             self.store.durable().await?;
         }
         if yes.len() < self.min_replicas {
+            abort_cause("too_few_yes_votes");
             for target in &yes {
                 let (client, target) = (self.client.clone(), target.clone());
                 tokio::spawn(async move { client.rollback(&target, txid).await });
@@ -197,18 +224,24 @@ impl TxnManager {
             seq,
             participants: yes.iter().map(|t| t.id.clone()).collect(),
         };
-        self.store.record_commit(txid, &decision)?;
+        let began = Instant::now();
+        self.store
+            .record_commit(txid, &decision)
+            .inspect_err(|_| abort_cause("storage"))?;
         // From here a failure must not be reported as "not committed": the decision may be on disk.
         self.store.durable().await.map_err(ApiError::unknown)?;
+        phase_done("decision_flush", began);
         crash::point("coordinator-after-decision");
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // Before any counter can apply it: a read arriving from now on must see this round.
         self.decided_seq.fetch_max(seq, Ordering::SeqCst);
 
         // Phase 2.
+        let began = Instant::now();
         self.phase2(txid, seq, &yes, n_items)
             .await
             .map_err(ApiError::unknown)?;
+        phase_done("commit", began);
         Ok(seq)
     }
 
@@ -234,6 +267,7 @@ impl TxnManager {
             let ack = self.client.commit(t, txid, seq, items).await;
             if let Ok(applied) = &ack {
                 self.registry.note_applied(&t.id, applied.last_applied);
+                self.registry.add_applied_items(&t.id, items as u64);
             }
             ack
         }))
@@ -297,4 +331,13 @@ impl TxnManager {
         self.registry.recovered(committed);
         Ok(())
     }
+}
+
+fn abort_cause(cause: &'static str) {
+    metrics::counter!("dc_round_aborts_total", "cause" => cause).increment(1);
+}
+
+fn phase_done(phase: &'static str, began: Instant) {
+    metrics::histogram!("dc_phase_duration_seconds", "phase" => phase)
+        .record(began.elapsed().as_secs_f64());
 }

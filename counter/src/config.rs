@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use service::observe::LogFormat;
+use service::serve::{positive_duration, ServeArgs};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
@@ -36,11 +39,11 @@ pub struct Config {
     pub log_retention: u64,
 
     /// How often the counter re-registers (and resolves in-doubt transactions).
-    #[arg(long, env = "COUNTER_REGISTER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "COUNTER_REGISTER_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub register_interval: Duration,
 
     /// Timeout of each call to the coordinator.
-    #[arg(long, env = "COUNTER_CALL_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "COUNTER_CALL_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub call_timeout: Duration,
 
     /// Largest request body accepted from the coordinator.
@@ -50,4 +53,17 @@ pub struct Config {
     /// Write the bound address here once listening (for scripts and tests using port 0).
     #[arg(long, env = "COUNTER_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
+
+    /// On SIGTERM: how long the counter keeps serving COMMITs for the transactions it voted YES on
+    /// (voting NO to new ones) before it flushes and exits. Shorter than compose's
+    /// stop_grace_period (10 s).
+    #[arg(long, env = "COUNTER_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = positive_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }

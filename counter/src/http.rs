@@ -1,6 +1,7 @@
 //! The counter's internal HTTP API: parse, call [`Participant`], map errors. Only the coordinator
-//! calls it: every route but `/health` requires the cluster token (`service::auth`), checked before
-//! anything else, then the node and cluster the call is meant for ([`check_identity`]).
+//! calls it: every route but `/health` and `/metrics` requires the cluster token (`service::auth`),
+//! checked before anything else, then the node and cluster the call is meant for
+//! ([`check_identity`]). `/metrics` is open like `/health`: it holds aggregates only, no tenant.
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -62,8 +63,29 @@ pub fn router(participant: Participant, auth: Auth, max_body_bytes: usize) -> Ro
         ));
     Router::new()
         .route(paths::HEALTH, get(health))
+        .route(paths::METRICS, get(metrics))
         .merge(internal)
         .with_state(app)
+}
+
+/// Prometheus metrics: the HTTP and flush figures recorded as they happen, and the replica's size
+/// and position read now.
+async fn metrics(State(p): State<Participant>) -> Response {
+    let store = p.store();
+    if let Ok((items, tenants)) = store.totals() {
+        metrics::gauge!("dc_items_stored").set(items as f64);
+        metrics::gauge!("dc_tenants_stored").set(tenants as f64);
+    }
+    if let Ok(seq) = store.last_applied() {
+        metrics::gauge!("dc_last_applied_seq").set(seq as f64);
+    }
+    if let Ok(bytes) = store.size_on_disk() {
+        metrics::gauge!("dc_disk_bytes").set(bytes as f64);
+    }
+    if let Ok(prepared) = store.prepared_txids() {
+        metrics::gauge!("dc_prepared_transactions").set(prepared.len() as f64);
+    }
+    service::observe::render()
 }
 
 /// Liveness for container health checks: open, and says nothing about the replica.
@@ -131,10 +153,12 @@ async fn status(State(app): State<App>) -> ApiResult<CounterStatus> {
     }))
 }
 
+#[tracing::instrument(skip_all, fields(txid = req.txid, items = req.items.len()))]
 async fn prepare(State(p): State<Participant>, Json(req): Json<PrepareRequest>) -> ApiResult<Vote> {
     Ok(Json(p.prepare(req.txid, req.items).await?))
 }
 
+#[tracing::instrument(skip_all, fields(txid = req.txid, seq = req.seq))]
 async fn commit(
     State(p): State<Participant>,
     Json(req): Json<CommitRequest>,
@@ -144,6 +168,7 @@ async fn commit(
     }))
 }
 
+#[tracing::instrument(skip_all, fields(txid = req.txid))]
 async fn rollback(
     State(p): State<Participant>,
     Json(req): Json<RollbackRequest>,

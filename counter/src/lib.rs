@@ -26,6 +26,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything records a metric: what is recorded without a recorder is lost.
+    service::observe::recorder();
     let auth = config.auth.load()?;
     auth.announce();
     let store = if config.slots {
@@ -37,8 +39,7 @@ pub async fn run(
     let participant = Participant::new(store);
     let status = participant.status()?;
     tracing::info!(node_id = %status.node_id, cluster_id = status.cluster_id.as_deref().unwrap_or("none yet"),
-        last_applied = status.last_applied,
-        in_doubt = participant.store().prepared_txids()?.len(), "recovered");
+        last_applied = status.last_applied, in_doubt = status.prepared, "recovered");
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -76,15 +77,42 @@ pub async fn run(
     };
     tokio::spawn(registration);
 
-    let app = http::router(participant, auth, config.max_body_bytes);
+    // On the signal: stop voting YES, finish what was voted YES on (COMMIT and ROLLBACK are still
+    // served), then stop serving, flush and exit.
+    let settled = {
+        let (participant, timeout) = (participant.clone(), config.shutdown_timeout);
+        async move {
+            shutdown.await;
+            participant.stop_voting();
+            tracing::info!("shutting down: voting NO from now on, finishing prepared transactions");
+            let deadline = tokio::time::Instant::now() + timeout;
+            while !participant.settled().unwrap_or(true) {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(?timeout, "transactions still in doubt at the shutdown timeout; the coordinator resolves them after a restart");
+                    break;
+                }
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+        }
+    };
+    let app = service::serve::protect(
+        http::router(participant.clone(), auth, config.max_body_bytes),
+        &config.serve,
+    )
+    .layer(axum::middleware::from_fn(service::observe::track_http));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(settled)
     .await?;
+    participant.store().durable().await?;
+    tracing::info!("stopped");
     Ok(())
 }
+
+/// How often a stopping counter checks whether its prepared transactions are decided.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The address others reach us at: the listen address, or when it is unspecified (0.0.0.0), this
 /// host's address on the route to the coordinator (a UDP "connect" sends nothing, it only routes).
@@ -132,21 +160,4 @@ fn coordinator_host(url: &str) -> Option<String> {
     } else {
         format!("{authority}:80")
     })
-}
-
-/// Exit status for the `healthcheck` subcommand: 0 when the service at `addr` answers /health.
-pub async fn healthcheck(url: &str) -> i32 {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(3))
-        .build();
-    let ok = match client {
-        Ok(c) => matches!(c.get(url).send().await, Ok(r) if r.status().is_success()),
-        Err(_) => false,
-    };
-    if ok {
-        0
-    } else {
-        1
-    }
 }

@@ -3,6 +3,13 @@
 //! Every method that changes state waits for the change to be on disk before it returns, because its
 //! return value is a promise to the coordinator (a YES vote, a commit acknowledgement, a synced seq).
 //! sled work runs on blocking threads: a large batch costs milliseconds of CPU.
+//!
+//! A counter told to stop ([`Participant::stop_voting`]) votes NO to every new PREPARE and keeps
+//! serving COMMIT and ROLLBACK, so that it can finish what it already voted YES on before it exits
+//! ([`Participant::settled`]): a planned stop leaves no transaction in doubt.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use storage::proto::{CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
 use storage::{crash, CounterStore, Error, Item, LogEntry, PrepareOutcome, Seq, TxId};
@@ -10,11 +17,29 @@ use storage::{crash, CounterStore, Error, Item, LogEntry, PrepareOutcome, Seq, T
 #[derive(Clone)]
 pub struct Participant {
     store: CounterStore,
+    stopping: Arc<AtomicBool>,
+    /// PREPAREs between their check of `stopping` and their vote.
+    preparing: Arc<AtomicUsize>,
 }
 
 impl Participant {
     pub fn new(store: CounterStore) -> Self {
-        Participant { store }
+        Participant {
+            store,
+            stopping: Arc::default(),
+            preparing: Arc::default(),
+        }
+    }
+
+    /// From now on every PREPARE is answered NO.
+    pub fn stop_voting(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// After [`Self::stop_voting`]: whether every YES vote has been decided here (nothing is in doubt
+    /// and no PREPARE that missed the stop is still on its way to a YES).
+    pub fn settled(&self) -> Result<bool, Error> {
+        Ok(self.preparing.load(Ordering::SeqCst) == 0 && self.store.prepared_txids()?.is_empty())
     }
 
     pub fn store(&self) -> &CounterStore {
@@ -31,8 +56,22 @@ impl Participant {
             .expect("storage task panicked")
     }
 
-    /// Phase 1: YES only once the prepared record is durable; NO for a late PREPARE of a finished round.
+    /// Phase 1: YES only once the prepared record is durable; NO for a late PREPARE of a finished round,
+    /// and NO once told to stop.
     pub async fn prepare(&self, txid: TxId, items: Vec<Item>) -> Result<Vote, Error> {
+        // Counted before the check, so that `settled` cannot miss a PREPARE that passed it.
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        let vote = self.vote(txid, items).await;
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
+        vote
+    }
+
+    async fn vote(&self, txid: TxId, items: Vec<Item>) -> Result<Vote, Error> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(Vote::No {
+                reason: "the counter is shutting down".into(),
+            });
+        }
         let outcome = self
             .blocking(move |s| s.record_prepared(txid, &items))
             .await?;
@@ -76,6 +115,7 @@ impl Participant {
             last_applied,
             last_txid,
             log_floor: self.store.log_floor()?,
+            prepared: self.store.prepared_txids()?.len(),
             // Counted by the HTTP layer, which fills it in.
             refused_calls: 0,
         })

@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 /// Version of every record written by this build.
 pub const VERSION: u8 = 1;
 
+/// Most bytes one record may claim to hold. bincode allocates a string or byte buffer of the length a
+/// record claims before reading it, so a corrupt length (2^40, say) would abort the process on a
+/// failed allocation instead of being reported: past this limit decoding fails first. Above the
+/// largest record ever written (a prepared batch or log entry is bounded by the counter's 256 MiB
+/// request body).
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
+
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![VERSION];
     // Encoding into a Vec cannot fail for our plain structs; a failure is a programming error.
@@ -23,9 +30,9 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&VERSION, body)) => {
-            let (value, used) =
-                bincode::serde::decode_from_slice(body, bincode::config::standard())
-                    .map_err(|e| Error::corrupt(tree, e))?;
+            let config = bincode::config::standard().with_limit::<MAX_RECORD_BYTES>();
+            let (value, used) = bincode::serde::decode_from_slice(body, config)
+                .map_err(|e| Error::corrupt(tree, e))?;
             if used != body.len() {
                 return Err(Error::corrupt(tree, "trailing bytes"));
             }

@@ -65,7 +65,7 @@ impl CoordinatorStore {
             decisions: db.open_tree("decisions")?,
             unfinished: db.open_tree("unfinished")?,
             registry: db.open_tree("registry")?,
-            flusher: Flusher::spawn(db.clone()),
+            flusher: Flusher::spawn(db.clone(), "coordinator"),
             db,
         };
         if store.meta.get(CLUSTER_ID)?.is_none() {
@@ -79,6 +79,11 @@ impl CoordinatorStore {
             store.db.flush()?;
         }
         Ok(store)
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// This cluster's identity.

@@ -7,7 +7,8 @@
 //! - `counts`: tenant → number of its items, updated in the same sled transaction as `items`.
 //! - `log`: seq → [`LogEntry`], the committed transactions after `log_floor`, for incremental catch-up.
 //! - `meta`: `node_id`, `cluster_id` (once joined), `applied` (seq and txid of the last applied
-//!   commit), `log_floor`.
+//!   commit), `log_floor`, and `totals` (items and tenants stored, kept with `counts` in the same
+//!   transactions so metrics need no scan).
 //!
 //! Commits are applied strictly in seq order, so `last_applied` says exactly which committed
 //! transactions this replica holds: all of 1..=last_applied and nothing after them.
@@ -35,6 +36,8 @@ const CLUSTER_ID: &[u8] = b"cluster_id";
 /// seq then txid of the last applied commit, in one value so they are always read together.
 const APPLIED: &[u8] = b"applied";
 const LOG_FLOOR: &[u8] = b"log_floor";
+/// Items then tenants stored, two big-endian u64s.
+const TOTALS: &[u8] = b"totals";
 
 /// What [`CounterStore::apply_commit`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,7 +81,7 @@ impl CounterStore {
             items: db.open_tree("items")?,
             counts: db.open_tree("counts")?,
             log: db.open_tree("log")?,
-            flusher: Flusher::spawn(db.clone()),
+            flusher: Flusher::spawn(db.clone(), "counter"),
             db,
             log_retention,
         };
@@ -90,7 +93,29 @@ impl CounterStore {
                 .compare_and_swap(NODE_ID, None::<&[u8]>, Some(id.as_bytes()))?;
             store.db.flush()?;
         }
+        if store.meta.get(TOTALS)?.is_none() {
+            // A replica written before the totals existed: count once. Later changes keep them.
+            let tenants = store.counts.len() as u64;
+            let items = store.items.len() as u64;
+            let totals = encode_pair(items, tenants);
+            let _ = store
+                .meta
+                .compare_and_swap(TOTALS, None::<&[u8]>, Some(&totals[..]))?;
+        }
         Ok(store)
+    }
+
+    /// Items and tenants stored: two key reads, no scan.
+    pub fn totals(&self) -> Result<(u64, u64)> {
+        match self.meta.get(TOTALS)? {
+            Some(v) => decode_pair(&v).ok_or_else(|| Error::corrupt("meta", "bad totals")),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Waits until every write made before the call is on disk (group commit).
@@ -279,7 +304,7 @@ impl CounterStore {
                 meta.insert(APPLIED, &encode_applied(last, entry.txid))?;
                 applied = true;
             }
-            add_counts(counts, &added)?;
+            add_counts(meta, counts, &added)?;
             Ok(applied)
         });
         let applied = result.map_err(tx_error)?;
@@ -362,14 +387,15 @@ impl CounterStore {
     /// through a snapshot leaves a replica that is still consistent at its old `last_applied` plus some
     /// committed items it will also get again; it serves no reads until it has caught up.
     pub fn import_items(&self, batch: &[Item]) -> Result<()> {
-        let result = (&self.items, &self.counts).transaction(|(items, counts)| {
+        let trees = (&self.meta, &self.items, &self.counts);
+        let result = trees.transaction(|(meta, items, counts)| {
             let mut added: HashMap<&str, u64> = HashMap::new();
             for item in batch.iter().collect::<BTreeSet<_>>() {
                 if items.insert(item_key(item), &[][..])?.is_none() {
                     *added.entry(item.tenant.as_str()).or_default() += 1;
                 }
             }
-            add_counts(counts, &added)
+            add_counts(meta, counts, &added)
         });
         result.map_err(tx_error)
     }
@@ -427,29 +453,53 @@ fn tx_applied(
 }
 
 fn encode_applied(seq: Seq, txid: TxId) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[..8].copy_from_slice(&u64_key(seq));
-    out[8..].copy_from_slice(&u64_key(txid));
-    out
+    encode_pair(seq, txid)
 }
 
 fn decode_applied(bytes: &[u8]) -> Option<(Seq, TxId)> {
+    decode_pair(bytes)
+}
+
+fn encode_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&u64_key(a));
+    out[8..].copy_from_slice(&u64_key(b));
+    out
+}
+
+fn decode_pair(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((u64_from(bytes.get(..8)?)?, u64_from(bytes.get(8..)?)?))
 }
 
+/// Adds `added` new items per tenant to `counts` and to the totals in `meta`.
 fn add_counts(
+    meta: &TransactionalTree,
     counts: &TransactionalTree,
     added: &HashMap<&str, u64>,
 ) -> std::result::Result<(), ConflictableTransactionError<Error>> {
+    if added.is_empty() {
+        return Ok(());
+    }
+    let corrupt = |tree, what| ConflictableTransactionError::Abort(Error::corrupt(tree, what));
+    let (mut items, mut tenants) = match meta.get(TOTALS)? {
+        Some(v) => decode_pair(&v).ok_or_else(|| corrupt("meta", "bad totals"))?,
+        None => (0, 0),
+    };
+    // A count can only reach u64::MAX if the record is corrupt: refuse it rather than wrap or panic.
+    let overflow = || corrupt("counts", "count overflows");
     for (tenant, n) in added {
         let old = match counts.get(tenant.as_bytes())? {
-            Some(v) => u64_from(&v).ok_or_else(|| {
-                ConflictableTransactionError::Abort(Error::corrupt("counts", "bad number"))
-            })?,
-            None => 0,
+            Some(v) => u64_from(&v).ok_or_else(|| corrupt("counts", "bad number"))?,
+            None => {
+                tenants = tenants.checked_add(1).ok_or_else(overflow)?;
+                0
+            }
         };
-        counts.insert(tenant.as_bytes(), &u64_key(old + n))?;
+        let new = old.checked_add(*n).ok_or_else(overflow)?;
+        counts.insert(tenant.as_bytes(), &u64_key(new))?;
+        items = items.checked_add(*n).ok_or_else(overflow)?;
     }
+    meta.insert(TOTALS, &encode_pair(items, tenants))?;
     Ok(())
 }
 

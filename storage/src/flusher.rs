@@ -26,8 +26,9 @@ struct Inner {
 }
 
 impl Flusher {
-    /// Starts the flusher task for `db` on the current tokio runtime.
-    pub fn spawn(db: sled::Db) -> Self {
+    /// Starts the flusher task for `db` on the current tokio runtime; `name` labels its metrics
+    /// (`dc_flush_duration_seconds`, `dc_flush_failures_total`).
+    pub fn spawn(db: sled::Db, name: &'static str) -> Self {
         let inner = Arc::new(Inner {
             requested: AtomicU64::new(0),
             wake: Notify::new(),
@@ -43,11 +44,15 @@ impl Flusher {
                     continue;
                 }
                 let db = db.clone();
+                let began = std::time::Instant::now();
                 match tokio::task::spawn_blocking(move || db.flush()).await {
                     Ok(Ok(_)) => {
+                        metrics::histogram!("dc_flush_duration_seconds", "db" => name)
+                            .record(began.elapsed().as_secs_f64());
                         task.flushed.send_replace(target);
                     }
                     Ok(Err(e)) => {
+                        metrics::counter!("dc_flush_failures_total", "db" => name).increment(1);
                         // Waiters stay blocked rather than being told a lie; the next write retries.
                         tracing::error!(error = %e, "flush failed");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -1,5 +1,6 @@
 //! Messages between the coordinator and the counters, and the bodies of the public API.
-//! Both sides use these types; JSON on the wire.
+//! Both sides use these types; JSON on the wire. The public bodies also describe themselves for the
+//! coordinator's OpenAPI document (`utoipa::ToSchema`).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +24,10 @@ pub mod paths {
     pub const OUTCOME: &str = "/internal/outcome";
     pub const CLUSTER: &str = "/internal/cluster";
 
-    /// Liveness, on both services.
+    /// Liveness, on both services (no token).
     pub const HEALTH: &str = "/health";
+    /// Prometheus metrics, on both services (no token: aggregates only, no tenant and no address).
+    pub const METRICS: &str = "/metrics";
 }
 
 /// Header on every coordinator → counter call: the node id the coordinator means. A counter whose
@@ -84,6 +87,8 @@ pub struct CounterStatus {
     pub last_applied: Seq,
     pub last_txid: TxId,
     pub log_floor: Seq,
+    /// Transactions voted YES on and not yet decided here (in doubt after a crash).
+    pub prepared: usize,
     /// Calls refused for a missing or wrong cluster token since the process started.
     pub refused_calls: u64,
 }
@@ -173,17 +178,34 @@ pub enum Outcome {
 }
 
 /// Public: answer of `GET /items/{tenant}/count`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, utoipa::ToSchema)]
 pub struct CountBody {
+    /// Distinct ids posted for the tenant (0 if never seen).
     pub count: u64,
 }
 
 /// Public: `{"status":"success"}` or `{"status":"failed","error":"..."}`, the original project's shape.
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, utoipa::ToSchema)]
 pub struct StatusBody {
+    /// `success` or `failed`.
+    #[schema(pattern = "^(success|failed)$")]
     pub status: String,
+    /// Why the request failed (absent on success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Public: `GET /status`, the cluster at a glance, without node ids or addresses.
+#[derive(Serialize, Deserialize, Debug, Clone, utoipa::ToSchema)]
+pub struct PublicStatus {
+    /// Seq of the last committed write round.
+    pub committed_seq: Seq,
+    /// Counters in the write and read sets.
+    pub in_sync: usize,
+    /// Counters catching up right now.
+    pub syncing: usize,
+    /// Counters out of the write and read sets, waiting for a catch-up.
+    pub lagging: usize,
 }
 
 impl StatusBody {
@@ -218,6 +240,12 @@ pub struct CounterView {
     pub url: String,
     /// `InSync`, `Lagging`, or `Syncing` while a catch-up runs.
     pub state: String,
+    /// The last seq it is known to have applied (from its acknowledgements, status and catch-up).
+    pub last_applied: Seq,
+    /// Committed rounds it is known to lack: `committed_seq - last_applied`.
+    pub lag: Seq,
+    /// Items it applied per second over the last few seconds (commits and catch-up).
+    pub items_per_sec: f64,
     pub failed_checks: u32,
     /// Log entries and snapshot items sent to this counter by catch-ups since the coordinator started.
     pub synced_entries: u64,

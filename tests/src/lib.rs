@@ -159,6 +159,15 @@ impl Service {
         }
     }
 
+    /// SIGTERM: asks the process to stop gracefully; [`Service::wait_exit`] then waits for it.
+    pub fn terminate(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

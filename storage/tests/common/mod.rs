@@ -113,5 +113,11 @@ pub fn assert_consistent(store: &CounterStore) -> BTreeMap<String, u64> {
     for (tenant, n) in &per_tenant {
         assert_eq!(store.count(tenant).unwrap(), *n, "count({tenant:?})");
     }
+    let items: u64 = per_tenant.values().sum();
+    assert_eq!(
+        store.totals().unwrap(),
+        (items, per_tenant.len() as u64),
+        "totals disagree with the items tree"
+    );
     per_tenant
 }

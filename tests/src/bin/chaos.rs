@@ -14,7 +14,9 @@
 //! - every counter, asked directly at its advertised URL, holds the same counts as the coordinator
 //!   answered, and advertises an address of its own container;
 //! - the containers' logs since the start of the drill hold no panic and no fatal start error, and no
-//!   container was started more often than the drill caused (it stopped on its own).
+//!   container was started more often than the drill caused (it stopped on its own);
+//! - a container stopped with `docker stop` (SIGTERM) exited 0 without giving up on open requests, a
+//!   running round or transactions in doubt.
 //!
 //! It prints one summary line and exits non-zero on any violation. Writes go to tenants named after the
 //! run, so the drill can run on a cluster holding other data.
@@ -244,6 +246,9 @@ enum Fault {
     /// SIGKILL to a container's process from the host, not through docker: its restart policy must
     /// bring it back on its own (only where the engine's processes are visible, i.e. a local engine).
     Crash,
+    /// `docker stop` (SIGTERM) of a counter or the coordinator: it must exit 0 having finished what
+    /// it started, leaving no transaction in doubt.
+    Stop,
 }
 
 impl Fault {
@@ -256,6 +261,7 @@ impl Fault {
             Fault::CoordinatorAndCounter => "coordinator+counter",
             Fault::All => "all",
             Fault::Crash => "crash",
+            Fault::Stop => "stop",
         }
     }
 }
@@ -270,6 +276,8 @@ struct FaultLog {
     caused_starts: BTreeMap<String, u64>,
     /// Crashed containers their restart policy did not bring back.
     not_restarted: Vec<String>,
+    /// Containers that did not stop cleanly on SIGTERM.
+    unclean_stops: Vec<String>,
 }
 
 /// Kills and restarts containers until `end`, then starts every container of the project again.
@@ -313,7 +321,8 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
         let coordinator_up = !is_down(&coordinator, &down);
         let roll = rng.random_range(0..100);
         let fault = match roll {
-            0..=47 if !up.is_empty() => Fault::Counter,
+            0..=39 if !up.is_empty() => Fault::Counter,
+            40..=47 if !up.is_empty() => Fault::Stop,
             48..=52 if !up.is_empty() => Fault::CounterLong,
             53..=64 if up.len() >= 2 => Fault::TwoCounters,
             65..=76 if coordinator_up => Fault::Coordinator,
@@ -353,6 +362,33 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             }
             continue;
         }
+        if fault == Fault::Stop {
+            let victim = if coordinator_up && rng.random_bool(0.25) {
+                coordinator.clone()
+            } else {
+                up[rng.random_range(0..up.len())].clone()
+            };
+            say!("fault stop sends SIGTERM to {}", victim.name);
+            *log.by_kind.entry(fault).or_default() += 1;
+            let since = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            match docker(&["stop", "-t", "10", &victim.id]).await {
+                Ok(_) => match unclean_stop(&victim, since).await {
+                    Ok(Some(why)) => log.unclean_stops.push(why),
+                    Ok(None) => {}
+                    Err(e) => {
+                        log.docker_errors += 1;
+                        say!("{e:#}");
+                    }
+                },
+                Err(e) => {
+                    log.docker_errors += 1;
+                    say!("{e}");
+                }
+            }
+            let back = Instant::now() + Duration::from_millis(rng.random_range(500..5_000));
+            down.push((victim, back));
+            continue;
+        }
         let mut victims: Vec<(Container, Duration)> = Vec::new();
         let mut pick_counters = |n: usize, rng: &mut StdRng, long: bool| {
             let mut pool = up.clone();
@@ -371,7 +407,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             Fault::CounterLong => pick_counters(1, &mut rng, true),
             Fault::TwoCounters => pick_counters(2, &mut rng, false),
             Fault::CoordinatorAndCounter => pick_counters(1, &mut rng, false),
-            Fault::Coordinator | Fault::Crash => {}
+            Fault::Coordinator | Fault::Crash | Fault::Stop => {}
             Fault::All => {
                 let mut pool = up.clone();
                 pool.sort_by_key(|c| c.name.clone());
@@ -417,6 +453,28 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
         }
     }
     Ok(log)
+}
+
+/// Why a container stopped by `docker stop` did not stop cleanly: an exit status other than 0, or its
+/// own word that it gave up waiting (open requests, a running round, transactions in doubt).
+async fn unclean_stop(c: &Container, since: u64) -> Result<Option<String>> {
+    let code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &c.id]).await?;
+    if code.trim() != "0" {
+        return Ok(Some(format!(
+            "{} exited with status {} on SIGTERM",
+            c.name,
+            code.trim()
+        )));
+    }
+    let out = tokio::process::Command::new("docker")
+        .args(["logs", "--since", &since.to_string(), &c.id])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    Ok(text
+        .lines()
+        .find(|l| l.contains("at the shutdown timeout"))
+        .map(|l| format!("{} did not finish in time: {l}", c.name)))
 }
 
 /// How long a crashed container's restart policy gets to bring it back.
@@ -1170,6 +1228,10 @@ async fn drill() -> Result<bool> {
         .entry("restart-policy")
         .or_default()
         .extend(faults.not_restarted.iter().cloned());
+    violations
+        .entry("unclean-stop")
+        .or_default()
+        .extend(faults.unclean_stops.iter().cloned());
 
     let mut why: Vec<(u64, String)> = client
         .failures
