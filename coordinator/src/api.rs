@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use service::auth::{self, Auth};
 use service::observe;
 use storage::proto::{
-    paths, ClusterView, CountBody, Outcome, OutcomeQuery, PublicStatus, RegisterReply,
+    paths, ClusterView, CountBody, MemberState, Outcome, OutcomeQuery, PublicStatus, RegisterReply,
     RegisterRequest, StatusBody,
 };
 use storage::CounterState;
@@ -181,14 +181,15 @@ async fn status(State(app): State<App>) -> Result<Json<PublicStatus>, ApiError> 
 async fn metrics(State(app): State<App>) -> Response {
     let counts = app.registry.state_counts();
     for (state, n) in [
-        ("InSync", counts.in_sync),
-        ("Syncing", counts.syncing),
-        ("Lagging", counts.lagging),
+        (MemberState::InSync, counts.in_sync),
+        (MemberState::Syncing, counts.syncing),
+        (MemberState::Lagging, counts.lagging),
     ] {
-        metrics::gauge!("dc_counters", "state" => state).set(n as f64);
+        metrics::gauge!("dc_counters", "state" => state.as_str()).set(n as f64);
     }
     metrics::gauge!("dc_write_queue_depth").set(app.txn.queue_depth() as f64);
     metrics::gauge!("dc_decided_seq").set(app.txn.decided_seq() as f64);
+    metrics::gauge!("dc_decisions_kept").set(app.txn.store().decisions_kept() as f64);
     if let Ok(bytes) = app.txn.store().size_on_disk() {
         metrics::gauge!("dc_disk_bytes").set(bytes as f64);
     }

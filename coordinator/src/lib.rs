@@ -68,6 +68,19 @@ pub async fn run(
         client: client.clone(),
         page_items: config.sync_page_items,
     };
+    // The decision log stays bounded: every health interval, what every counter made durable goes.
+    {
+        let (txn, interval) = (txn.clone(), config.health_interval);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = txn.prune_decisions() {
+                    tracing::error!(error = %e, "cannot prune decisions");
+                }
+            }
+        });
+    }
     tokio::spawn(health::run(
         registry.clone(),
         client.clone(),

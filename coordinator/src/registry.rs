@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use storage::proto::{ClusterView, CounterView};
+use storage::proto::{ClusterView, CounterView, MemberState};
 use storage::{ClusterId, CoordinatorStore, CounterRecord, CounterState, NodeId, Seq};
 
 #[derive(Debug, Clone)]
@@ -25,8 +25,21 @@ struct Member {
     synced_snapshot_items: u64,
     /// The highest seq this counter told us it applied (never more than it holds: applied only grows).
     applied: Seq,
+    /// The highest seq it acknowledged as durable (a COMMIT, a catch-up page, a promotion): what the
+    /// decision log may be pruned up to.
+    durable: Seq,
     /// Items it applied recently, for the operator's items/s.
     rate: Rate,
+}
+
+impl Member {
+    fn state(&self) -> MemberState {
+        match (self.record.state, self.syncing) {
+            (CounterState::InSync, _) => MemberState::InSync,
+            (CounterState::Lagging, Some(_)) => MemberState::Syncing,
+            (CounterState::Lagging, None) => MemberState::Lagging,
+        }
+    }
 }
 
 /// Items per second over the last [`Rate::SECONDS`] whole seconds, in one-second buckets.
@@ -108,6 +121,7 @@ impl Registry {
                         synced_entries: 0,
                         synced_snapshot_items: 0,
                         applied: 0,
+                        durable: 0,
                         rate: Rate::default(),
                     },
                 )
@@ -173,12 +187,27 @@ impl Registry {
         }
     }
 
-    /// After recovery: every in-sync counter has applied every commit up to `committed`. A counter
-    /// that missed one was marked lagging durably before any client heard of it, and recovery has
-    /// just redone every unfinished phase 2.
+    /// Records that counter `id` acknowledged every commit up to `seq` as durable (it answers only
+    /// after its flush), and so applied them.
+    pub fn note_durable(&self, id: &str, seq: Seq) {
+        if let Some(m) = self.lock().get_mut(id) {
+            m.durable = m.durable.max(seq);
+        }
+        self.note_applied(id, seq);
+    }
+
+    /// The seq every registered counter has acknowledged as durable (`None` without counters):
+    /// decisions up to it are no longer needed by any of them.
+    pub fn durable_low_watermark(&self) -> Option<Seq> {
+        self.lock().values().map(|m| m.durable).min()
+    }
+
+    /// After recovery: every in-sync counter has applied, durably, every commit up to `committed`. A
+    /// counter that missed one was marked lagging durably before any client heard of it, and recovery
+    /// has just redone every unfinished phase 2.
     pub fn recovered(&self, committed: Seq) {
         for id in self.in_sync().into_iter().map(|t| t.id) {
-            self.note_applied(&id, committed);
+            self.note_durable(&id, committed);
         }
     }
 
@@ -235,7 +264,7 @@ impl Registry {
                 }
             }
         }
-        self.note_applied(id, committed);
+        self.note_durable(id, committed);
         Ok(())
     }
 
@@ -254,6 +283,7 @@ impl Registry {
             synced_entries: 0,
             synced_snapshot_items: 0,
             applied: 0,
+            durable: 0,
             rate: Rate::default(),
         });
         m.failed_checks = 0;
@@ -336,10 +366,10 @@ impl Registry {
     pub fn state_counts(&self) -> StateCounts {
         let mut counts = StateCounts::default();
         for m in self.lock().values() {
-            match (m.record.state, m.syncing) {
-                (CounterState::InSync, _) => counts.in_sync += 1,
-                (CounterState::Lagging, Some(_)) => counts.syncing += 1,
-                (CounterState::Lagging, None) => counts.lagging += 1,
+            match m.state() {
+                MemberState::InSync => counts.in_sync += 1,
+                MemberState::Syncing => counts.syncing += 1,
+                MemberState::Lagging => counts.lagging += 1,
             }
         }
         counts
@@ -353,12 +383,7 @@ impl Registry {
             .map(|(id, m)| CounterView {
                 node_id: id.clone(),
                 url: m.record.url.clone(),
-                state: match (m.record.state, m.syncing) {
-                    (CounterState::InSync, _) => "InSync",
-                    (CounterState::Lagging, Some(_)) => "Syncing",
-                    (CounterState::Lagging, None) => "Lagging",
-                }
-                .to_owned(),
+                state: m.state(),
                 last_applied: m.applied,
                 lag: committed_seq.saturating_sub(m.applied),
                 items_per_sec: m.rate.per_sec(),
@@ -371,6 +396,7 @@ impl Registry {
             cluster_id,
             committed_seq,
             refused_calls: 0,
+            decisions_kept: self.store.decisions_kept(),
             counters,
         }
     }

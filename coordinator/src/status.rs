@@ -46,7 +46,7 @@ pub fn table(view: &ClusterView) -> String {
     for c in &view.counters {
         rows.push([
             c.node_id.clone(),
-            c.state.clone(),
+            c.state.as_str().to_owned(),
             c.last_applied.to_string(),
             c.lag.to_string(),
             c.failed_checks.to_string(),
@@ -79,14 +79,14 @@ pub fn table(view: &ClusterView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use storage::proto::CounterView;
+    use storage::proto::{CounterView, MemberState};
 
     #[test]
     fn one_row_per_counter_with_lag_and_rate() {
-        let counter = |id: &str, state: &str, applied| CounterView {
+        let counter = |id: &str, state, applied| CounterView {
             node_id: id.into(),
             url: format!("http://{id}:9000"),
-            state: state.into(),
+            state,
             last_applied: applied,
             lag: 10 - applied,
             items_per_sec: 1234.4,
@@ -98,7 +98,11 @@ mod tests {
             cluster_id: "c0ffee".into(),
             committed_seq: 10,
             refused_calls: 2,
-            counters: vec![counter("a", "InSync", 10), counter("bb", "Lagging", 7)],
+            decisions_kept: 4,
+            counters: vec![
+                counter("a", MemberState::InSync, 10),
+                counter("bb", MemberState::Lagging, 7),
+            ],
         };
         let text = table(&view);
         let lines: Vec<&str> = text.lines().collect();

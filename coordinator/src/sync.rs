@@ -128,7 +128,7 @@ impl Syncer {
         }
 
         // Final stretch between two rounds: every in-sync counter stands at the committed seq.
-        let _round = self.txn.round_lock.lock().await;
+        let _round = self.txn.between_rounds().await;
         let committed = self.txn.store().committed_seq()?;
         let target = self.target(id)?;
         let mut at = self.client.status(&target).await?.last_applied;
@@ -198,7 +198,7 @@ impl Syncer {
                     let items = entries.iter().map(|e| e.items.len() as u64).sum();
                     at = self.client.apply_log(target, entries).await?.last_applied;
                     self.registry.add_synced(&target.id, n, items, 0);
-                    self.registry.note_applied(&target.id, at);
+                    self.registry.note_durable(&target.id, at);
                     crash::point("coordinator-mid-sync");
                 }
                 LogPage::Trimmed { floor } if snapshots > 0 && !locked => {

@@ -36,8 +36,9 @@ use crate::registry::{Registry, Target};
 /// POSTs waiting for a round beyond this are refused with 503 rather than queued without bound.
 const MAX_QUEUED_REQUESTS: usize = 10_000;
 
-/// Sizes COMMIT timeouts in recovery, where the round's size is unknown: a round holds at most
-/// `max_round_items` plus one POST of up to `max_items_per_post`; this covers the defaults twice over.
+/// Sizes COMMIT timeouts in recovery for a decision written before rounds recorded their item count:
+/// a round holds at most `max_round_items` plus one POST of up to `max_items_per_post`; this covers
+/// the defaults twice over.
 const LARGEST_ROUND: usize = 40_000;
 
 struct Request {
@@ -50,8 +51,9 @@ pub struct TxnManager {
     registry: Arc<Registry>,
     client: CounterClient,
     min_replicas: usize,
-    /// Held for the whole of a round; catch-up takes it to join a counter between rounds.
-    pub round_lock: tokio::sync::Mutex<()>,
+    /// Held for the whole of a round; catch-up takes it ([`TxnManager::between_rounds`]) to join a
+    /// counter between two rounds.
+    round_lock: tokio::sync::Mutex<()>,
     /// The txid of the round collecting votes, if any: its outcome is not decided yet.
     voting: Mutex<Option<TxId>>,
     /// Seq of the last COMMIT decision made durable. Counters apply nothing beyond it, and a read must
@@ -103,6 +105,12 @@ impl TxnManager {
             .map_err(|_| ApiError::unknown("the round ended without an answer"))?
     }
 
+    /// Waits for the running round to end and holds off the next one while the guard lives: no commit
+    /// happens meanwhile, so every in-sync counter stands at the committed seq.
+    pub async fn between_rounds(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.round_lock.lock().await
+    }
+
     /// Seq of the last COMMIT decision made durable (0 before any).
     pub fn decided_seq(&self) -> Seq {
         self.decided_seq.load(Ordering::SeqCst)
@@ -119,6 +127,19 @@ impl TxnManager {
             Ok(guard) => std::mem::forget(guard),
             Err(_) => tracing::warn!("a round was still running at the shutdown timeout"),
         }
+    }
+
+    /// Forgets the decisions every registered counter has made durable (see
+    /// [`CoordinatorStore::prune_decisions`]); run periodically, so the decision log stays bounded.
+    pub fn prune_decisions(&self) -> Result<usize, ApiError> {
+        let Some(watermark) = self.registry.durable_low_watermark() else {
+            return Ok(0);
+        };
+        let pruned = self.store.prune_decisions(watermark)?;
+        if pruned > 0 {
+            tracing::debug!(pruned, watermark, "pruned decisions");
+        }
+        Ok(pruned)
     }
 
     /// POSTs waiting for the sequencer.
@@ -226,7 +247,7 @@ impl TxnManager {
         };
         let began = Instant::now();
         self.store
-            .record_commit(txid, &decision)
+            .record_commit(txid, &decision, n_items as u64)
             .inspect_err(|_| abort_cause("storage"))?;
         // From here a failure must not be reported as "not committed": the decision may be on disk.
         self.store.durable().await.map_err(ApiError::unknown)?;
@@ -266,7 +287,8 @@ impl TxnManager {
         let acks = join_all(pending.iter().map(|t| async move {
             let ack = self.client.commit(t, txid, seq, items).await;
             if let Ok(applied) = &ack {
-                self.registry.note_applied(&t.id, applied.last_applied);
+                // Acknowledged after the counter's flush: durable there.
+                self.registry.note_durable(&t.id, applied.last_applied);
                 self.registry.add_applied_items(&t.id, items as u64);
             }
             ack
@@ -322,9 +344,13 @@ impl TxnManager {
                 participants = targets.len(),
                 "redoing phase 2"
             );
-            // The decision does not record the round's size: allow for the largest a body can carry.
-            self.phase2(txid, decision.seq, &targets, LARGEST_ROUND)
-                .await?;
+            // Call timeouts sized from the round's item count; data written before the count was kept
+            // gets the allowance of the largest round a body can carry.
+            let items = self
+                .store
+                .round_items(txid)?
+                .map_or(LARGEST_ROUND, |n| n as usize);
+            self.phase2(txid, decision.seq, &targets, items).await?;
         }
         let committed = self.store.committed_seq()?;
         self.decided_seq.fetch_max(committed, Ordering::SeqCst);

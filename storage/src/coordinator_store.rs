@@ -3,7 +3,13 @@
 //! Trees:
 //! - `decisions`: txid → [`Decision`] for every committed transaction. No record means abort
 //!   (presumed abort), so an abort needs no write at all.
-//! - `unfinished`: txids whose phase 2 may not have reached every participant; redone on start.
+//! - `unfinished`: txid → number of items of its round (8 bytes; empty in data written before the
+//!   count was kept), for the decisions whose phase 2 may not have reached every participant; redone
+//!   on start, with call timeouts sized from the count.
+//! - `decision_seqs`: seq → txid of every decision kept, so decisions can be pruned by seq.
+//!
+//! Decisions are pruned ([`CoordinatorStore::prune_decisions`]) once every counter has made their
+//! rounds durable, so this database stays bounded over any number of rounds.
 //! - `registry`: node id → [`CounterRecord`].
 //! - `meta`: `committed_seq`, the seq of the last COMMIT decision; `cluster_id`, created on first open.
 
@@ -51,6 +57,7 @@ pub struct CoordinatorStore {
     meta: sled::Tree,
     decisions: sled::Tree,
     unfinished: sled::Tree,
+    decision_seqs: sled::Tree,
     registry: sled::Tree,
     flusher: Flusher,
 }
@@ -64,6 +71,7 @@ impl CoordinatorStore {
             meta: db.open_tree("meta")?,
             decisions: db.open_tree("decisions")?,
             unfinished: db.open_tree("unfinished")?,
+            decision_seqs: db.open_tree("decision_seqs")?,
             registry: db.open_tree("registry")?,
             flusher: Flusher::spawn(db.clone(), "coordinator"),
             db,
@@ -119,12 +127,18 @@ impl CoordinatorStore {
     /// Crash invariant: no COMMIT is sent and no client is answered before [`Self::durable`] returns.
     /// A crash before that leaves no record, so the transaction is aborted (presumed abort); a crash
     /// after it leaves the txid in `unfinished`, and phase 2 is redone on start.
-    pub fn record_commit(&self, txid: TxId, decision: &Decision) -> Result<()> {
-        let trees = (&self.meta, &self.decisions, &self.unfinished);
+    pub fn record_commit(&self, txid: TxId, decision: &Decision, items: u64) -> Result<()> {
+        let trees = (
+            &self.meta,
+            &self.decisions,
+            &self.unfinished,
+            &self.decision_seqs,
+        );
         trees
-            .transaction(|(meta, decisions, unfinished)| {
+            .transaction(|(meta, decisions, unfinished, seqs)| {
                 decisions.insert(&u64_key(txid), encode(decision))?;
-                unfinished.insert(&u64_key(txid), &[][..])?;
+                unfinished.insert(&u64_key(txid), &u64_key(items))?;
+                seqs.insert(&u64_key(decision.seq), &u64_key(txid))?;
                 meta.insert(COMMITTED_SEQ, &u64_key(decision.seq))?;
                 Ok(())
             })
@@ -142,6 +156,53 @@ impl CoordinatorStore {
     pub fn finish_phase2(&self, txid: TxId) -> Result<()> {
         self.unfinished.remove(u64_key(txid))?;
         Ok(())
+    }
+
+    /// The number of items of the round of unfinished decision `txid` (`None` when not recorded).
+    pub fn round_items(&self, txid: TxId) -> Result<Option<u64>> {
+        Ok(self
+            .unfinished
+            .get(u64_key(txid))?
+            .and_then(|v| u64_from(&v)))
+    }
+
+    /// Forgets the decisions with seq at most `through` whose phase 2 is finished; returns how many.
+    /// The caller passes a seq that every registered counter has acknowledged (so made durable): no
+    /// counter that voted in those rounds still holds one of them prepared. A counter that was
+    /// dropped from the table and asks later is told "aborted" (presumed abort); it is lagging, and
+    /// catch-up brings it the committed entries from another replica's log, so the answer only frees
+    /// a record it no longer needs.
+    ///
+    /// Crash invariant: none needed. A decision and its seq index go in one transaction; what a crash
+    /// leaves is pruned next time.
+    pub fn prune_decisions(&self, through: Seq) -> Result<usize> {
+        let mut pruned = 0;
+        for kv in self.decision_seqs.range(..=u64_key(through)) {
+            let (seq, txid) = kv?;
+            if self.unfinished.contains_key(&txid)? {
+                continue;
+            }
+            let trees = (&self.decisions, &self.decision_seqs);
+            trees
+                .transaction(|(decisions, seqs)| {
+                    decisions.remove(&*txid)?;
+                    seqs.remove(&*seq)?;
+                    Ok(())
+                })
+                .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                    sled::transaction::TransactionError::Storage(e) => Error::Sled(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        unreachable!("closure never aborts")
+                    }
+                })?;
+            pruned += 1;
+        }
+        Ok(pruned)
+    }
+
+    /// Decisions kept (bounded by pruning).
+    pub fn decisions_kept(&self) -> usize {
+        self.decision_seqs.len()
     }
 
     /// Decisions whose phase 2 may be incomplete, in txid order.

@@ -231,15 +231,43 @@ pub struct ClusterView {
     pub committed_seq: Seq,
     /// Internal calls refused for a missing or wrong cluster token since the coordinator started.
     pub refused_calls: u64,
+    /// COMMIT decisions kept; pruned once every counter made their rounds durable.
+    pub decisions_kept: usize,
     pub counters: Vec<CounterView>,
+}
+
+/// A registered counter's state as the operator sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// In the write and read sets.
+    InSync,
+    /// Out of them, a catch-up running.
+    Syncing,
+    /// Out of them, waiting for a catch-up.
+    Lagging,
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::InSync => "InSync",
+            MemberState::Syncing => "Syncing",
+            MemberState::Lagging => "Lagging",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct CounterView {
     pub node_id: NodeId,
     pub url: String,
-    /// `InSync`, `Lagging`, or `Syncing` while a catch-up runs.
-    pub state: String,
+    pub state: MemberState,
     /// The last seq it is known to have applied (from its acknowledgements, status and catch-up).
     pub last_applied: Seq,
     /// Committed rounds it is known to lack: `committed_seq - last_applied`.

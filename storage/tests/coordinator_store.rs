@@ -48,9 +48,9 @@ async fn commit_decisions_are_logged_and_finished() {
     let d2 = decision(2, &["n2"]);
     let d3 = decision(3, &[]);
     // Txids 255 < 256 < 1000 must come back in numeric order.
-    store.record_commit(256, &d1).unwrap();
-    store.record_commit(1000, &d3).unwrap();
-    store.record_commit(255, &d2).unwrap();
+    store.record_commit(256, &d1, 1).unwrap();
+    store.record_commit(1000, &d3, 1).unwrap();
+    store.record_commit(255, &d2, 1).unwrap();
     store.durable().await.unwrap();
 
     assert_eq!(store.decision(256).unwrap(), Some(d1.clone()));
@@ -127,7 +127,9 @@ fn state_and_txids_survive_a_clean_reopen() {
             .unwrap();
         assert_ne!(cluster_id, other_id, "two clusters got the same id");
         let ids: Vec<u64> = (0..10).map(|_| store.next_txid().unwrap()).collect();
-        store.record_commit(ids[3], &decision(1, &["n1"])).unwrap();
+        store
+            .record_commit(ids[3], &decision(1, &["n1"]), 1)
+            .unwrap();
         store
             .put_counter("n1", &record("http://n1", CounterState::InSync))
             .unwrap();
@@ -158,4 +160,44 @@ fn state_and_txids_survive_a_clean_reopen() {
             );
         });
     }
+}
+
+#[tokio::test]
+async fn decisions_are_pruned_by_seq_but_never_while_unfinished() {
+    let (_dir, store) = open();
+    let txids: Vec<u64> = (0..10).map(|_| store.next_txid().unwrap()).collect();
+    for (i, &txid) in txids.iter().enumerate() {
+        let seq = i as u64 + 1;
+        store
+            .record_commit(txid, &decision(seq, &["n1"]), 10 * seq)
+            .unwrap();
+    }
+    for &txid in &txids[..8] {
+        store.finish_phase2(txid).unwrap();
+    }
+    assert_eq!(store.decisions_kept(), 10);
+    assert_eq!(store.round_items(txids[9]).unwrap(), Some(100));
+
+    assert_eq!(store.prune_decisions(5).unwrap(), 5);
+    assert_eq!(store.decisions_kept(), 5);
+    assert_eq!(store.decision(txids[2]).unwrap(), None);
+    assert_eq!(
+        store.decision(txids[5]).unwrap(),
+        Some(decision(6, &["n1"]))
+    );
+
+    // Seqs 9 and 10 are unfinished: recovery still needs them.
+    assert_eq!(store.prune_decisions(10).unwrap(), 3);
+    assert_eq!(store.decisions_kept(), 2);
+    assert_eq!(
+        store.unfinished().unwrap(),
+        vec![
+            (txids[8], decision(9, &["n1"])),
+            (txids[9], decision(10, &["n1"]))
+        ]
+    );
+    assert_eq!(store.committed_seq().unwrap(), 10);
+    store.finish_phase2(txids[8]).unwrap();
+    assert_eq!(store.prune_decisions(10).unwrap(), 1);
+    assert_eq!(store.prune_decisions(10).unwrap(), 0);
 }

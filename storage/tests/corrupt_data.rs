@@ -47,6 +47,7 @@ fn coordinator_with_data(dir: &Path) {
                     seq: 1,
                     participants: vec!["n1".into()],
                 },
+                1,
             )
             .unwrap();
         store.durable().await.unwrap();

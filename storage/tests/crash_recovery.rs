@@ -293,6 +293,7 @@ async fn child_coordinator() {
                 seq: 1,
                 participants: participants(&["n1", "n2"]),
             },
+            1,
         )
         .unwrap();
     store
@@ -302,6 +303,7 @@ async fn child_coordinator() {
                 seq: 2,
                 participants: participants(&["n1"]),
             },
+            1,
         )
         .unwrap();
     store.finish_phase2(txids[0]).unwrap();

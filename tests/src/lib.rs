@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use storage::proto::{ClusterView, CounterCount, CounterStatus};
+use storage::proto::{ClusterView, CounterCount, CounterStatus, MemberState};
 
 /// Where cargo put the binaries: next to this executable (a workspace binary such as `bench`), or one
 /// level up (a test executable lives in `<target>/<profile>/deps/`).
@@ -430,7 +430,13 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(view) = self.view().await {
-                if view.counters.iter().filter(|c| c.state == "InSync").count() >= n {
+                if view
+                    .counters
+                    .iter()
+                    .filter(|c| c.state == MemberState::InSync)
+                    .count()
+                    >= n
+                {
                     return Ok(view);
                 }
                 if Instant::now() > deadline {
@@ -786,7 +792,7 @@ impl Cluster {
                 if let Some(c) = view
                     .counters
                     .iter()
-                    .find(|c| c.url == url && c.state == "InSync")
+                    .find(|c| c.url == url && c.state == MemberState::InSync)
                 {
                     return Ok(c.clone());
                 }

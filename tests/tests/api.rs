@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::time::Duration;
+use storage::proto::MemberState;
 
 use dc_tests::{encode, Cluster, Options};
 use serde_json::{json, Value};
@@ -514,7 +515,7 @@ async fn the_largest_accepted_post_commits_everywhere_and_one_more_item_is_refus
     assert_eq!(c.count("big").await.unwrap(), 10_000);
     let view = c.view().await.unwrap();
     assert!(
-        view.counters.iter().all(|m| m.state == "InSync"),
+        view.counters.iter().all(|m| m.state == MemberState::InSync),
         "{view:?}"
     );
     c.converged(&["big".to_owned()], Duration::from_secs(15))

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use storage::proto::MemberState;
 
 use dc_tests::history::{History, Outcome};
 use dc_tests::{batch, Cluster, Load, Options};
@@ -190,7 +191,7 @@ async fn a_lagging_counter_rejoins_without_restart() {
     eprintln!("POST with a stopped counter took {latency:?}");
     let member = view.counters.iter().find(|m| m.url == url);
     assert!(
-        member.is_none_or(|m| m.state != "InSync"),
+        member.is_none_or(|m| m.state != MemberState::InSync),
         "a counter that missed a round is still in sync: {view:?}"
     );
 

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use storage::proto::MemberState;
 
 use dc_tests::history::History;
 use dc_tests::{Cluster, Options};
@@ -132,7 +133,7 @@ async fn a_counter_slow_to_apply_every_round_never_shows_a_count_going_down() {
     );
     let view = c.view().await.unwrap();
     let slow = view.counters.iter().find(|m| m.node_id == node).unwrap();
-    assert_eq!(slow.state, "InSync", "{view:?}");
+    assert_eq!(slow.state, MemberState::InSync, "{view:?}");
     assert_eq!(
         slow.synced_entries + slow.synced_snapshot_items,
         0,

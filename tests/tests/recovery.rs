@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use storage::proto::MemberState;
 
 use dc_tests::{bin, Cluster, Options};
 use serde_json::Value;
@@ -37,7 +38,7 @@ async fn wait_member_in_sync(c: &Cluster, i: usize) -> String {
         if let Some(m) = view
             .counters
             .iter()
-            .find(|m| m.url == url && m.state == "InSync")
+            .find(|m| m.url == url && m.state == MemberState::InSync)
         {
             return m.node_id.clone();
         }
@@ -91,7 +92,7 @@ async fn killed_counter_catches_up_after_restart() {
         view.counters
             .iter()
             .filter(|m| m.node_id == node0)
-            .all(|m| m.state != "InSync"),
+            .all(|m| m.state != MemberState::InSync),
         "a dead counter is still in sync: {view:?}"
     );
 
@@ -148,7 +149,7 @@ async fn killed_counter_catches_up_after_restart() {
         "the registration table changed members"
     );
     assert!(
-        view.counters.iter().all(|m| m.state == "InSync"),
+        view.counters.iter().all(|m| m.state == MemberState::InSync),
         "{view:?}"
     );
     assert_eq!(recovered_lines(&c.counters[0].log_text()).len(), 2);
@@ -181,15 +182,18 @@ async fn coordinator_restart_keeps_registry_without_counter_restarts() {
     // The table is read back from disk: same members at the same addresses, all in sync, same seq.
     let after = c.view().await.unwrap();
     assert_eq!(after.committed_seq, before.committed_seq);
-    let members = |v: &storage::proto::ClusterView| -> Vec<(String, String, String)> {
+    let members = |v: &storage::proto::ClusterView| -> Vec<(String, String, MemberState)> {
         v.counters
             .iter()
-            .map(|m| (m.node_id.clone(), m.url.clone(), m.state.clone()))
+            .map(|m| (m.node_id.clone(), m.url.clone(), m.state))
             .collect()
     };
     assert_eq!(members(&after), members(&before));
     assert!(
-        after.counters.iter().all(|m| m.state == "InSync"),
+        after
+            .counters
+            .iter()
+            .all(|m| m.state == MemberState::InSync),
         "{after:?}"
     );
 
@@ -567,4 +571,59 @@ async fn coordinator_restart_while_counters_are_down() {
     assert_eq!(c.count("down").await.unwrap(), 11);
     let counts = c.converged(&strings(&["down"]), CONVERGE).await.unwrap();
     assert_eq!(counts["down"], 11);
+}
+
+/// The coordinator's decision log stays bounded: once every counter acknowledged a round durably its
+/// decision is pruned, while a counter that is down holds pruning back (it may still ask for an
+/// outcome) until it is caught up or removed.
+#[tokio::test]
+async fn the_decision_log_stays_bounded() {
+    // A counter that is down stays registered (lagging) for the whole test.
+    let mut c = Cluster::start(Options {
+        coordinator_args: vec!["--health-attempts".into(), "1000".into()],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = c.api_client();
+    let history = dc_tests::history::History::new();
+    client.write_acked(&history, "bounded", 300, 1).await;
+    let view = wait_kept(&c, 3).await;
+    assert!(view.committed_seq >= 300);
+
+    // A counter down: its rounds' decisions stay until it is back and caught up.
+    c.counters[2].kill();
+    client.write_acked(&history, "held", 50, 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // two prune intervals of 300 ms
+    assert!(
+        c.view().await.unwrap().decisions_kept >= 50,
+        "decisions pruned while a counter that voted in them was down"
+    );
+    c.start_counter(2, &[]).await.unwrap();
+    c.wait_counter_in_sync(2, CONVERGE).await.unwrap();
+    wait_kept(&c, 3).await;
+    let counts = c
+        .converged(&history.tenants().into_iter().collect::<Vec<_>>(), CONVERGE)
+        .await
+        .unwrap();
+    let report = history.check(&counts);
+    assert!(report.ok(), "{report}");
+}
+
+/// Waits until the coordinator keeps at most `most` decisions.
+async fn wait_kept(c: &Cluster, most: usize) -> storage::proto::ClusterView {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let view = c.view().await.unwrap();
+        if view.decisions_kept <= most {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} decisions kept after {} rounds",
+            view.decisions_kept,
+            view.committed_seq
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -18,7 +18,7 @@ const CONVERGE: Duration = Duration::from_secs(20);
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     committed_seq: u64,
-    members: BTreeMap<String, (String, String)>,
+    members: BTreeMap<String, (String, storage::proto::MemberState)>,
     applied: Vec<(u64, u64)>,
     counts: Vec<u64>,
 }

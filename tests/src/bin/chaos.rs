@@ -42,7 +42,7 @@ use dc_tests::encode;
 use dc_tests::history::{History, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::proto::{ClusterView, CounterCount, CounterStatus};
+use storage::proto::{ClusterView, CounterCount, CounterStatus, MemberState};
 
 /// A progress line on stderr, stamped with UTC wall-clock time to match the services' logs.
 macro_rules! say {
@@ -908,7 +908,7 @@ async fn converged_once(
     let mut members = Vec::new();
     let mut seen = BTreeSet::new();
     for c in &view.counters {
-        if c.state != "InSync" {
+        if c.state != MemberState::InSync {
             return Ok(Err(format!("{} is {}: {view:?}", c.node_id, c.state)));
         }
         let host = c
