@@ -28,7 +28,6 @@ use storage::CounterState;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::client::CounterClient;
 use crate::error::ApiError;
 use crate::items::{self, Limits};
 use crate::reads::Reader;
@@ -40,7 +39,6 @@ use crate::txn::TxnManager;
 pub struct App {
     pub txn: Arc<TxnManager>,
     pub registry: Arc<Registry>,
-    pub client: CounterClient,
     pub syncer: Syncer,
     pub reader: Reader,
     pub limits: Limits,
@@ -208,6 +206,24 @@ async fn register(
         return Err(ApiError::Conflict(format!(
             "counter {} belongs to cluster {theirs}; this coordinator's cluster is {cluster_id}",
             req.node_id
+        )));
+    }
+    let committed = app.txn.store().committed_seq()?;
+    if req.last_applied > committed {
+        // Its data holds commits this coordinator never decided: a coordinator restored from an
+        // older copy. Reusing those seqs would acknowledge writes that apply nowhere.
+        if app
+            .registry
+            .mark_lagging(&req.node_id, "ahead of the coordinator")?
+        {
+            app.txn.store().durable().await?;
+        }
+        tracing::error!(node = %req.node_id, applied = req.last_applied, committed,
+            "refused a counter that is ahead of this coordinator");
+        return Err(ApiError::Conflict(format!(
+            "counter {} applied {} commits, this coordinator knows {committed}: its data is older than \
+             the cluster's",
+            req.node_id, req.last_applied
         )));
     }
     // A known in-sync counter re-registering from the same address keeps its state: what it

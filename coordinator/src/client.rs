@@ -1,5 +1,5 @@
-//! Outgoing calls to counters. Each call has its own timeout; every failure (refused, reset, timeout,
-//! non-2xx) is an error the caller treats as "this counter did not do it".
+//! The [`Counters`] the services use: calls to counters over HTTP. Each call has its own timeout;
+//! every failure (refused, reset, timeout, non-2xx) is a [`CallError`].
 //!
 //! Every call carries the cluster token (see `service::auth`) and this cluster's id
 //! ([`CLUSTER_HEADER`]), and names the node it means in the [`NODE_HEADER`] header; a counter with
@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{join_all, BoxFuture, FutureExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storage::proto::{
@@ -18,6 +19,7 @@ use storage::proto::{
 };
 use storage::{Item, LogEntry, Seq, TxId};
 
+use crate::counters::{CallError, CallResult, Counters};
 use crate::registry::Target;
 
 /// Extra COMMIT time allowed per item of the round: applying costs a few µs per item, so a large
@@ -31,12 +33,10 @@ pub struct CounterClient {
     read_timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("{0}")]
-    Http(#[from] reqwest::Error),
-    #[error("answered {status}: {body}")]
-    Status { status: u16, body: String },
+impl From<reqwest::Error> for CallError {
+    fn from(e: reqwest::Error) -> Self {
+        CallError::Unreachable(e.to_string())
+    }
 }
 
 impl CounterClient {
@@ -111,12 +111,12 @@ impl CounterClient {
     }
 
     /// Encodes a PREPARE once for every participant of a round.
-    pub fn prepare_body(txid: TxId, items: Vec<Item>) -> Bytes {
+    fn prepare_body(txid: TxId, items: Vec<Item>) -> Bytes {
         let req = PrepareRequest { txid, items };
         Bytes::from(serde_json::to_vec(&req).expect("plain struct serializes"))
     }
 
-    pub async fn prepare(&self, to: &Target, body: Bytes, items: usize) -> Result<Vote, CallError> {
+    async fn prepare(&self, to: &Target, body: Bytes, items: usize) -> CallResult<Vote> {
         let resp = self
             .request(
                 reqwest::Method::POST,
@@ -131,7 +131,7 @@ impl CounterClient {
         decode(resp).await
     }
 
-    pub async fn commit(
+    async fn http_commit(
         &self,
         to: &Target,
         txid: TxId,
@@ -157,7 +157,7 @@ impl CounterClient {
         with_items(self.read_timeout, items)
     }
 
-    pub async fn rollback(&self, to: &Target, txid: TxId) -> Result<(), CallError> {
+    async fn http_rollback(&self, to: &Target, txid: TxId) -> Result<(), CallError> {
         let _: serde_json::Value = self
             .post(
                 to,
@@ -169,7 +169,7 @@ impl CounterClient {
         Ok(())
     }
 
-    pub async fn count(&self, to: &Target, tenant: &str) -> Result<CounterCount, CallError> {
+    async fn http_count(&self, to: &Target, tenant: &str) -> Result<CounterCount, CallError> {
         let path = format!("{}/{}", paths::COUNT, percent_encode(tenant));
         decode(
             self.request(reqwest::Method::GET, to, &path, self.read_timeout)
@@ -179,11 +179,11 @@ impl CounterClient {
         .await
     }
 
-    pub async fn status(&self, to: &Target) -> Result<CounterStatus, CallError> {
+    async fn http_status(&self, to: &Target) -> Result<CounterStatus, CallError> {
         self.get(to, paths::STATUS, &()).await
     }
 
-    pub async fn log_page(
+    async fn http_log_page(
         &self,
         to: &Target,
         from: Seq,
@@ -193,7 +193,7 @@ impl CounterClient {
             .await
     }
 
-    pub async fn snapshot_page(
+    async fn http_snapshot_page(
         &self,
         to: &Target,
         after: Option<String>,
@@ -203,7 +203,7 @@ impl CounterClient {
             .await
     }
 
-    pub async fn apply_log(
+    async fn http_apply_log(
         &self,
         to: &Target,
         entries: Vec<LogEntry>,
@@ -218,13 +218,13 @@ impl CounterClient {
         .await
     }
 
-    pub async fn import(&self, to: &Target, items: Vec<Item>) -> Result<Applied, CallError> {
+    async fn http_import(&self, to: &Target, items: Vec<Item>) -> Result<Applied, CallError> {
         let timeout = self.sync_timeout(items.len());
         self.post(to, paths::IMPORT, &ImportRequest { items }, timeout)
             .await
     }
 
-    pub async fn finish_snapshot(
+    async fn http_finish_snapshot(
         &self,
         to: &Target,
         seq: Seq,
@@ -248,12 +248,94 @@ async fn decode<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, CallE
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
-        return Err(CallError::Status {
+        return Err(CallError::Refused {
             status: status.as_u16(),
             body,
         });
     }
     Ok(resp.json().await?)
+}
+
+impl Counters for CounterClient {
+    fn prepare_all<'a>(
+        &'a self,
+        to: &'a [Target],
+        txid: TxId,
+        items: Vec<Item>,
+    ) -> BoxFuture<'a, Vec<CallResult<Vote>>> {
+        let n = items.len();
+        let body = Self::prepare_body(txid, items);
+        join_all(to.iter().map(move |t| self.prepare(t, body.clone(), n))).boxed()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        to: &'a Target,
+        txid: TxId,
+        seq: Seq,
+        items: usize,
+    ) -> BoxFuture<'a, CallResult<Applied>> {
+        self.http_commit(to, txid, seq, items).boxed()
+    }
+
+    fn rollback<'a>(&'a self, to: &'a Target, txid: TxId) -> BoxFuture<'a, CallResult<()>> {
+        self.http_rollback(to, txid).boxed()
+    }
+
+    fn count<'a>(
+        &'a self,
+        to: &'a Target,
+        tenant: &'a str,
+    ) -> BoxFuture<'a, CallResult<CounterCount>> {
+        self.http_count(to, tenant).boxed()
+    }
+
+    fn status<'a>(&'a self, to: &'a Target) -> BoxFuture<'a, CallResult<CounterStatus>> {
+        self.http_status(to).boxed()
+    }
+
+    fn log_page<'a>(
+        &'a self,
+        to: &'a Target,
+        from: Seq,
+        max_items: usize,
+    ) -> BoxFuture<'a, CallResult<LogPage>> {
+        self.http_log_page(to, from, max_items).boxed()
+    }
+
+    fn snapshot_page<'a>(
+        &'a self,
+        to: &'a Target,
+        after: Option<String>,
+        max_items: usize,
+    ) -> BoxFuture<'a, CallResult<SnapshotPage>> {
+        self.http_snapshot_page(to, after, max_items).boxed()
+    }
+
+    fn apply_log<'a>(
+        &'a self,
+        to: &'a Target,
+        entries: Vec<LogEntry>,
+    ) -> BoxFuture<'a, CallResult<Applied>> {
+        self.http_apply_log(to, entries).boxed()
+    }
+
+    fn import<'a>(
+        &'a self,
+        to: &'a Target,
+        items: Vec<Item>,
+    ) -> BoxFuture<'a, CallResult<Applied>> {
+        self.http_import(to, items).boxed()
+    }
+
+    fn finish_snapshot<'a>(
+        &'a self,
+        to: &'a Target,
+        seq: Seq,
+        txid: TxId,
+    ) -> BoxFuture<'a, CallResult<Applied>> {
+        self.http_finish_snapshot(to, seq, txid).boxed()
+    }
 }
 
 /// Percent-encodes everything but unreserved characters, so any tenant is one path segment.

@@ -9,13 +9,13 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use storage::CounterState;
 
-use crate::client::CounterClient;
+use crate::counters::SharedCounters;
 use crate::registry::Registry;
 use crate::sync::Syncer;
 
 pub async fn run(
     registry: Arc<Registry>,
-    client: CounterClient,
+    client: SharedCounters,
     syncer: Syncer,
     interval: Duration,
     attempts: u32,

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod counters;
 pub mod error;
 pub mod health;
 pub mod items;
@@ -31,6 +32,10 @@ use anyhow::Context;
 
 pub use config::Config;
 
+/// Decisions pruned at most per health interval: a long backlog (a counter that held the
+/// watermark back) goes over a few intervals instead of holding a thread for long.
+const PRUNE_BATCH: usize = 20_000;
+
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -43,8 +48,12 @@ pub async fn run(
         .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
     let cluster_id = store.cluster_id()?;
     let registry = Arc::new(registry::Registry::load(store.clone())?);
-    let client =
-        client::CounterClient::new(config.call_timeout, config.read_timeout, &auth, &cluster_id);
+    let client: counters::SharedCounters = Arc::new(client::CounterClient::new(
+        config.call_timeout,
+        config.read_timeout,
+        &auth,
+        &cluster_id,
+    ));
     let txn = txn::TxnManager::start(
         store.clone(),
         registry.clone(),
@@ -75,8 +84,11 @@ pub async fn run(
             let mut ticker = tokio::time::interval(interval);
             loop {
                 ticker.tick().await;
-                if let Err(e) = txn.prune_decisions() {
-                    tracing::error!(error = %e, "cannot prune decisions");
+                let txn = txn.clone();
+                match tokio::task::spawn_blocking(move || txn.prune_decisions(PRUNE_BATCH)).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot prune decisions"),
+                    Err(e) => tracing::error!(error = %e, "the pruning task failed"),
+                    Ok(Ok(_)) => {}
                 }
             }
         });
@@ -98,7 +110,6 @@ pub async fn run(
     let app = api::App {
         txn,
         registry,
-        client,
         syncer,
         reader,
         limits: items::Limits {
@@ -126,16 +137,22 @@ pub async fn run(
     }
     tracing::info!(public = %public_addr, internal = %internal_addr, "listening");
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Set on the signal: the one deadline for the whole shutdown (open requests, the running round,
+    // the final flush), so that it ends within the container's grace period.
+    let (stop, stopped) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
+    let timeout = config.shutdown_timeout;
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!(
             "shutting down: no new connections; finishing open requests and the running round"
         );
-        let _ = stop.send(true);
+        let _ = stop.send(Some(tokio::time::Instant::now() + timeout));
     });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|&s| s).await;
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>| async move {
+        match rx.wait_for(Option::is_some).await {
+            Ok(deadline) => *deadline,
+            Err(_) => None,
+        }
     };
     let public_app = service::serve::protect(
         api::public_router(app.clone(), config.max_body_bytes),
@@ -144,31 +161,44 @@ pub async fn run(
     .layer(axum::middleware::from_fn(service::observe::track_http));
     let internal_app = service::serve::protect(api::internal_router(app.clone()), &config.serve)
         .layer(axum::middleware::from_fn(service::observe::track_http));
+    let (stopped_public, stopped_internal) = (stopped.clone(), stopped.clone());
     let public = axum::serve(
         public,
         public_app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    .with_graceful_shutdown(async move {
+        until_stopped(stopped_public).await;
+    });
     let internal = axum::serve(
         internal,
         internal_app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    .with_graceful_shutdown(async move {
+        until_stopped(stopped_internal).await;
+    });
 
     // Once stopped, open requests get `shutdown_timeout` to finish; then the connections are dropped.
     let serving = async { tokio::try_join!(public.into_future(), internal.into_future()) };
     let overdue = async {
-        until_stopped(stopped).await;
-        tokio::time::sleep(config.shutdown_timeout).await;
+        if let Some(deadline) = until_stopped(stopped.clone()).await {
+            tokio::time::sleep_until(deadline).await;
+        }
     };
     tokio::select! {
         served = serving => { served?; }
-        () = overdue => tracing::warn!(timeout = ?config.shutdown_timeout,
+        () = overdue => tracing::warn!(?timeout,
             "requests still open at the shutdown timeout; closing them"),
     }
+    let deadline = stopped
+        .borrow()
+        .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
     // No round is left half-done by the exit, and everything decided is on disk.
-    app.txn.quiesce(config.shutdown_timeout).await;
-    app.txn.store().durable().await?;
+    app.txn.quiesce(deadline).await;
+    tokio::time::timeout_at(deadline, app.txn.store().durable())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the store could not be flushed before the shutdown timeout")
+        })??;
     tracing::info!("stopped");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! **The rule.** A read that arrives when the last COMMIT decision made durable is seq `D` is served
 //! only by an in-sync counter that has applied at least `D`. The coordinator knows which counters
-//! have: every COMMIT acknowledgement, promotion, health check and read answer tells it a counter's
+//! have: every COMMIT acknowledgement, catch-up page, promotion and health check tells it a counter's
 //! last applied seq ([`Registry::note_applied`]). So a read goes, O(1), to any in-sync counter known
 //! to be there; while phase 2 of round `D` is still under way and no counter has acknowledged it yet,
 //! the read waits for the first acknowledgement (bounded by the read timeout: past it, `503`). A
@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::CounterClient;
+use crate::counters::SharedCounters;
 use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::txn::TxnManager;
@@ -30,7 +30,7 @@ use crate::txn::TxnManager;
 pub struct Reader {
     pub registry: Arc<Registry>,
     pub txn: Arc<TxnManager>,
-    pub client: CounterClient,
+    pub client: SharedCounters,
     /// How long a read may wait for a counter to apply the last decided round.
     pub wait: Duration,
 }

@@ -337,6 +337,14 @@ impl Registry {
         }
     }
 
+    /// Whether catch-up `generation` still owns `id`'s: the member is the one it started for, and
+    /// still lagging.
+    pub fn is_syncing(&self, id: &str, generation: u64) -> bool {
+        self.lock().get(id).is_some_and(|m| {
+            m.syncing == Some(generation) && m.record.state == CounterState::Lagging
+        })
+    }
+
     pub fn end_sync(&self, id: &str, generation: u64) {
         if let Some(m) = self.lock().get_mut(id) {
             if m.syncing == Some(generation) {

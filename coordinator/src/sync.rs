@@ -17,7 +17,7 @@ use storage::proto::LogPage;
 use storage::{crash, Seq};
 use tracing::Instrument;
 
-use crate::client::{CallError, CounterClient};
+use crate::counters::{CallError, SharedCounters};
 use crate::registry::{Registry, Target};
 use crate::txn::TxnManager;
 
@@ -74,27 +74,34 @@ impl Source {
 pub struct Syncer {
     pub registry: Arc<Registry>,
     pub txn: Arc<TxnManager>,
-    pub client: CounterClient,
+    pub client: SharedCounters,
     pub page_items: usize,
 }
 
 impl Syncer {
     /// Starts a catch-up of `id` in the background unless one runs already or it is in sync.
     pub fn spawn(&self, id: String) {
-        let Some(generation) = self.registry.start_sync(&id) else {
-            return;
-        };
         let this = self.clone();
         let span = tracing::info_span!("catch_up", node = %id);
         tokio::spawn(
             async move {
-                if let Err(e) = this.catch_up(&id).await {
+                if let Err(e) = this.run(&id).await {
                     tracing::warn!(error = %e, "catch-up failed; retried at the next health check or registration");
                 }
-                this.registry.end_sync(&id, generation);
             }
             .instrument(span),
         );
+    }
+
+    /// Runs a catch-up of `id` to its end (nothing when one runs already or it is in sync). What
+    /// [`Syncer::spawn`] runs in the background; a simulation calls it in its own order.
+    pub async fn run(&self, id: &str) -> Result<(), SyncError> {
+        let Some(generation) = self.registry.start_sync(id) else {
+            return Ok(());
+        };
+        let result = self.catch_up(id, generation).await;
+        self.registry.end_sync(id, generation);
+        result
     }
 
     fn target(&self, id: &str) -> Result<Target, SyncError> {
@@ -104,7 +111,19 @@ impl Syncer {
         })
     }
 
-    async fn catch_up(&self, id: &str) -> Result<(), SyncError> {
+    /// Fails with [`SyncError::Gone`] once this catch-up (`generation`) no longer owns `id`'s: the
+    /// counter was removed and registered anew, and another catch-up may already have promoted it.
+    /// Checked before every write to the counter, so a stale catch-up never writes into a replica
+    /// that serves.
+    fn still_mine(&self, id: &str, generation: u64) -> Result<(), SyncError> {
+        if self.registry.is_syncing(id, generation) {
+            Ok(())
+        } else {
+            Err(SyncError::Gone)
+        }
+    }
+
+    async fn catch_up(&self, id: &str, generation: u64) -> Result<(), SyncError> {
         let mut outpaced = false;
         for _ in 0..MAX_PASSES {
             let target = self.target(id)?;
@@ -118,8 +137,9 @@ impl Syncer {
                 break;
             }
             let Some(source) = source else { break };
-            if let Transferred::Outpaced(_) =
-                self.transfer(&source.target, &target, at, false).await?
+            if let Transferred::Outpaced(_) = self
+                .transfer(&source.target, &target, at, false, generation)
+                .await?
             {
                 // Writes trim the log faster than a snapshot goes: more unlocked passes cannot finish.
                 outpaced = true;
@@ -138,10 +158,14 @@ impl Syncer {
                 // A snapshot here would hold every write back for its whole length.
                 return Err(SyncError::Retry);
             }
-            at = self.transfer(&source.target, &target, at, true).await?.at();
+            at = self
+                .transfer(&source.target, &target, at, true, generation)
+                .await?
+                .at();
         }
         match at.cmp(&committed) {
             std::cmp::Ordering::Equal => {
+                self.still_mine(id, generation)?;
                 self.registry.promote(id, committed)?;
                 self.txn.store().durable().await?;
                 Ok(())
@@ -182,6 +206,7 @@ impl Syncer {
         target: &Target,
         mut at: Seq,
         locked: bool,
+        generation: u64,
     ) -> Result<Transferred, SyncError> {
         let mut snapshots = 0;
         loop {
@@ -196,6 +221,7 @@ impl Syncer {
                 LogPage::Entries(entries) => {
                     let n = entries.len() as u64;
                     let items = entries.iter().map(|e| e.items.len() as u64).sum();
+                    self.still_mine(&target.id, generation)?;
                     at = self.client.apply_log(target, entries).await?.last_applied;
                     self.registry.add_synced(&target.id, n, items, 0);
                     self.registry.note_durable(&target.id, at);
@@ -207,14 +233,19 @@ impl Syncer {
                 }
                 LogPage::Trimmed { floor } => {
                     tracing::info!(node = %target.id, at, floor, "log trimmed past the counter; sending a snapshot");
-                    at = self.snapshot(source, target).await?;
+                    at = self.snapshot(source, target, generation).await?;
                     snapshots += 1;
                 }
             }
         }
     }
 
-    async fn snapshot(&self, source: &Target, target: &Target) -> Result<Seq, SyncError> {
+    async fn snapshot(
+        &self,
+        source: &Target,
+        target: &Target,
+        generation: u64,
+    ) -> Result<Seq, SyncError> {
         let start = self.client.status(source).await?;
         let mut cursor = None;
         loop {
@@ -223,6 +254,7 @@ impl Syncer {
                 .snapshot_page(source, cursor, self.page_items)
                 .await?;
             let n = page.items.len() as u64;
+            self.still_mine(&target.id, generation)?;
             self.client.import(target, page.items).await?;
             self.registry.add_synced(&target.id, 0, 0, n);
             crash::point("coordinator-mid-sync");
@@ -231,6 +263,7 @@ impl Syncer {
                 break;
             }
         }
+        self.still_mine(&target.id, generation)?;
         Ok(self
             .client
             .finish_snapshot(target, start.last_applied, start.last_txid)

@@ -29,7 +29,7 @@ use storage::{crash, CoordinatorStore, Decision, Item, Seq, TxId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::client::CounterClient;
+use crate::counters::SharedCounters;
 use crate::error::ApiError;
 use crate::registry::{Registry, Target};
 
@@ -49,7 +49,7 @@ struct Request {
 pub struct TxnManager {
     store: CoordinatorStore,
     registry: Arc<Registry>,
-    client: CounterClient,
+    client: SharedCounters,
     min_replicas: usize,
     /// Held for the whole of a round; catch-up takes it ([`TxnManager::between_rounds`]) to join a
     /// counter between two rounds.
@@ -67,7 +67,7 @@ impl TxnManager {
     pub fn start(
         store: CoordinatorStore,
         registry: Arc<Registry>,
-        client: CounterClient,
+        client: SharedCounters,
         min_replicas: usize,
         max_round_items: usize,
     ) -> storage::Result<Arc<Self>> {
@@ -120,22 +120,23 @@ impl TxnManager {
         &self.store
     }
 
-    /// On shutdown: waits (at most `timeout`) for the running round to end, then holds the round lock
+    /// On shutdown: waits (until `deadline`) for the running round to end, then holds the round lock
     /// so that no other starts before the process exits.
-    pub async fn quiesce(&self, timeout: std::time::Duration) {
-        match tokio::time::timeout(timeout, self.round_lock.lock()).await {
+    pub async fn quiesce(&self, deadline: tokio::time::Instant) {
+        match tokio::time::timeout_at(deadline, self.round_lock.lock()).await {
             Ok(guard) => std::mem::forget(guard),
             Err(_) => tracing::warn!("a round was still running at the shutdown timeout"),
         }
     }
 
-    /// Forgets the decisions every registered counter has made durable (see
+    /// Forgets the decisions every registered counter has made durable, at most `max` (see
     /// [`CoordinatorStore::prune_decisions`]); run periodically, so the decision log stays bounded.
-    pub fn prune_decisions(&self) -> Result<usize, ApiError> {
+    /// Blocking: run it on a blocking thread.
+    pub fn prune_decisions(&self, max: usize) -> Result<usize, ApiError> {
         let Some(watermark) = self.registry.durable_low_watermark() else {
             return Ok(0);
         };
-        let pruned = self.store.prune_decisions(watermark)?;
+        let pruned = self.store.prune_decisions(watermark, max)?;
         if pruned > 0 {
             tracing::debug!(pruned, watermark, "pruned decisions");
         }
@@ -203,14 +204,8 @@ impl TxnManager {
             )));
         }
         let n_items = items.len();
-        let body = CounterClient::prepare_body(txid, items);
         let began = Instant::now();
-        let votes = join_all(
-            participants
-                .iter()
-                .map(|t| self.client.prepare(t, body.clone(), n_items)),
-        )
-        .await;
+        let votes = self.client.prepare_all(&participants, txid, items).await;
         phase_done("prepare", began);
         let mut yes = Vec::new();
         let mut dropped = false;
@@ -253,9 +248,10 @@ impl TxnManager {
         self.store.durable().await.map_err(ApiError::unknown)?;
         phase_done("decision_flush", began);
         crash::point("coordinator-after-decision");
-        *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        // Before any counter can apply it: a read arriving from now on must see this round.
+        // Before any counter can apply it (phase 2, or an outcome query answered once `voting` is
+        // cleared): a read arriving from now on must see this round.
         self.decided_seq.fetch_max(seq, Ordering::SeqCst);
+        *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
 
         // Phase 2.
         let began = Instant::now();

@@ -35,12 +35,12 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
     let store = storage::CoordinatorStore::open(dir.path()).unwrap();
     let auth = service::auth::Auth::insecure();
     let registry = Arc::new(registry::Registry::load(store.clone()).unwrap());
-    let client = client::CounterClient::new(
+    let client: coordinator::counters::SharedCounters = Arc::new(client::CounterClient::new(
         Duration::from_secs(1),
         Duration::from_millis(200),
         &auth,
         &store.cluster_id().unwrap(),
-    );
+    ));
     let txn = txn::TxnManager::start(store, registry.clone(), client.clone(), 1, 10_000).unwrap();
     let app = api::App {
         syncer: sync::Syncer {
@@ -57,7 +57,6 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
         },
         txn,
         registry,
-        client,
         limits: items::Limits {
             max_id_bytes: 256,
             max_tenant_bytes: 256,

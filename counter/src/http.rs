@@ -134,7 +134,8 @@ impl IntoResponse for ApiError {
             Error::Gap { .. }
             | Error::NotPrepared(_)
             | Error::LogTrimmed { .. }
-            | Error::OtherCluster { .. } => StatusCode::CONFLICT,
+            | Error::OtherCluster { .. }
+            | Error::Diverged { .. } => StatusCode::CONFLICT,
             _ => {
                 tracing::error!(error = %self.0, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

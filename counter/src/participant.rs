@@ -36,6 +36,11 @@ impl Participant {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// Whether [`Self::stop_voting`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// After [`Self::stop_voting`]: whether every YES vote has been decided here (nothing is in doubt
     /// and no PREPARE that missed the stop is still on its way to a YES).
     pub fn settled(&self) -> Result<bool, Error> {

@@ -75,6 +75,10 @@ impl Registrar {
         if let Err(e) = self.resolve_in_doubt().await {
             tracing::warn!(error = %e, "cannot resolve in-doubt transactions yet");
         }
+        if self.participant.stopping() {
+            // On its way out: the coordinator would only catch it up and put it back in the write set.
+            return Ok(());
+        }
         let status = self.participant.status()?;
         let req = RegisterRequest {
             node_id: status.node_id,

@@ -60,6 +60,8 @@ pub struct CoordinatorStore {
     decision_seqs: sled::Tree,
     registry: sled::Tree,
     flusher: Flusher,
+    /// Decisions kept, maintained so that reading it scans nothing.
+    kept: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CoordinatorStore {
@@ -74,6 +76,7 @@ impl CoordinatorStore {
             decision_seqs: db.open_tree("decision_seqs")?,
             registry: db.open_tree("registry")?,
             flusher: Flusher::spawn(db.clone(), "coordinator"),
+            kept: Default::default(),
             db,
         };
         if store.meta.get(CLUSTER_ID)?.is_none() {
@@ -86,6 +89,18 @@ impl CoordinatorStore {
             )?;
             store.db.flush()?;
         }
+        if store.decision_seqs.is_empty() && !store.decisions.is_empty() {
+            // Data written before decisions were indexed by seq: index them once, so they can go.
+            for kv in store.decisions.iter() {
+                let (txid, raw) = kv?;
+                let decision: Decision = decode("decisions", &raw)?;
+                store.decision_seqs.insert(u64_key(decision.seq), txid)?;
+            }
+        }
+        store.kept.store(
+            store.decision_seqs.len(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(store)
     }
 
@@ -147,7 +162,9 @@ impl CoordinatorStore {
                 sled::transaction::TransactionError::Abort(()) => {
                     unreachable!("closure never aborts")
                 }
-            })
+            })?;
+        self.kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Marks phase 2 of `txid` as done: every participant acknowledged or was marked lagging.
@@ -166,7 +183,8 @@ impl CoordinatorStore {
             .and_then(|v| u64_from(&v)))
     }
 
-    /// Forgets the decisions with seq at most `through` whose phase 2 is finished; returns how many.
+    /// Forgets the decisions with seq at most `through` whose phase 2 is finished, at most `max` of
+    /// them; returns how many. Blocking: sled work, one transaction per decision.
     /// The caller passes a seq that every registered counter has acknowledged (so made durable): no
     /// counter that voted in those rounds still holds one of them prepared. A counter that was
     /// dropped from the table and asks later is told "aborted" (presumed abort); it is lagging, and
@@ -175,9 +193,12 @@ impl CoordinatorStore {
     ///
     /// Crash invariant: none needed. A decision and its seq index go in one transaction; what a crash
     /// leaves is pruned next time.
-    pub fn prune_decisions(&self, through: Seq) -> Result<usize> {
+    pub fn prune_decisions(&self, through: Seq, max: usize) -> Result<usize> {
         let mut pruned = 0;
         for kv in self.decision_seqs.range(..=u64_key(through)) {
+            if pruned >= max {
+                break;
+            }
             let (seq, txid) = kv?;
             if self.unfinished.contains_key(&txid)? {
                 continue;
@@ -195,14 +216,15 @@ impl CoordinatorStore {
                         unreachable!("closure never aborts")
                     }
                 })?;
+            self.kept.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             pruned += 1;
         }
         Ok(pruned)
     }
 
-    /// Decisions kept (bounded by pruning).
+    /// Decisions kept (bounded by pruning); no scan.
     pub fn decisions_kept(&self) -> usize {
-        self.decision_seqs.len()
+        self.kept.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Decisions whose phase 2 may be incomplete, in txid order.

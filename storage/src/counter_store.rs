@@ -233,10 +233,13 @@ impl CounterStore {
     pub fn apply_commit(&self, txid: TxId, seq: Seq) -> Result<ApplyOutcome> {
         let (last, last_txid) = self.applied()?;
         if seq <= last {
-            if txid <= last_txid {
-                // A late PREPARE may have recorded it again after it was applied.
-                self.prepared.remove(u64_key(txid))?;
+            if txid > last_txid {
+                // Transactions are applied in txid order: a newer one cannot have been applied at an
+                // older seq. Saying "already applied" would acknowledge a write applied nowhere.
+                return Err(Error::Diverged { seq, txid });
             }
+            // A late PREPARE may have recorded it again after it was applied.
+            self.prepared.remove(u64_key(txid))?;
             return Ok(ApplyOutcome::AlreadyApplied);
         }
         if seq != last + 1 {

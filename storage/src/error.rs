@@ -15,6 +15,10 @@ pub enum Error {
     /// A commit or log entry does not follow the last applied one: the replica must catch up first.
     #[error("out of order: expected seq {expected}, got {got}")]
     Gap { expected: Seq, got: Seq },
+    /// A COMMIT for a seq this replica already applied with another, older transaction: the
+    /// coordinator's history and this replica's differ (a coordinator restored from an older copy).
+    #[error("seq {seq} was applied here with an older transaction than {txid}: this replica is ahead of the coordinator")]
+    Diverged { seq: Seq, txid: u64 },
     /// COMMIT for a transaction this replica never prepared (or already forgot as aborted).
     #[error("transaction {0} is not prepared here")]
     NotPrepared(u64),

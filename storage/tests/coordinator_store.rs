@@ -178,7 +178,12 @@ async fn decisions_are_pruned_by_seq_but_never_while_unfinished() {
     assert_eq!(store.decisions_kept(), 10);
     assert_eq!(store.round_items(txids[9]).unwrap(), Some(100));
 
-    assert_eq!(store.prune_decisions(5).unwrap(), 5);
+    assert_eq!(
+        store.prune_decisions(5, 2).unwrap(),
+        2,
+        "at most `max` at once"
+    );
+    assert_eq!(store.prune_decisions(5, 100).unwrap(), 3);
     assert_eq!(store.decisions_kept(), 5);
     assert_eq!(store.decision(txids[2]).unwrap(), None);
     assert_eq!(
@@ -187,7 +192,7 @@ async fn decisions_are_pruned_by_seq_but_never_while_unfinished() {
     );
 
     // Seqs 9 and 10 are unfinished: recovery still needs them.
-    assert_eq!(store.prune_decisions(10).unwrap(), 3);
+    assert_eq!(store.prune_decisions(10, 100).unwrap(), 3);
     assert_eq!(store.decisions_kept(), 2);
     assert_eq!(
         store.unfinished().unwrap(),
@@ -198,6 +203,7 @@ async fn decisions_are_pruned_by_seq_but_never_while_unfinished() {
     );
     assert_eq!(store.committed_seq().unwrap(), 10);
     store.finish_phase2(txids[8]).unwrap();
-    assert_eq!(store.prune_decisions(10).unwrap(), 1);
-    assert_eq!(store.prune_decisions(10).unwrap(), 0);
+    assert_eq!(store.prune_decisions(10, 100).unwrap(), 1);
+    assert_eq!(store.prune_decisions(10, 100).unwrap(), 0);
+    assert_eq!(store.decisions_kept(), 1);
 }

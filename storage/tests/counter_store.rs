@@ -107,15 +107,16 @@ async fn applying_the_same_seq_twice_changes_nothing() {
         store.apply_commit(5, 1).unwrap(),
         ApplyOutcome::AlreadyApplied
     );
-    // Even with a prepared record present for another txid, an old seq is not applied again.
+    // Even with a prepared record present for another txid, an old seq is not applied again: a newer
+    // txid at an applied seq is a diverged history, refused.
     assert_eq!(
         store.record_prepared(6, &[item("t", "b")]).unwrap(),
         PrepareOutcome::Recorded
     );
-    assert_eq!(
-        store.apply_commit(6, 1).unwrap(),
-        ApplyOutcome::AlreadyApplied
-    );
+    assert!(matches!(
+        store.apply_commit(6, 1),
+        Err(Error::Diverged { seq: 1, txid: 6 })
+    ));
     // Catch-up entries that are all at or below last_applied are skipped too.
     let again = LogEntry {
         seq: 1,
@@ -512,6 +513,24 @@ fn node_id_is_stable_across_reopen() {
         assert_eq!(again, first);
         assert_eq!((applied, count), ((1, 1), 1));
     }
+}
+
+#[tokio::test]
+async fn a_commit_of_a_newer_transaction_at_an_applied_seq_is_refused() {
+    let (_dir, store) = open(0);
+    commit(&store, 10, 1, &[item("t", "a")]).await;
+    commit(&store, 11, 2, &[item("t", "b")]).await;
+    // The same seq and an older or equal txid: a re-sent COMMIT, nothing to do.
+    assert_eq!(store.apply_commit(11, 2).unwrap(), ApplyOutcome::AlreadyApplied);
+    // A newer txid at an applied seq: a coordinator whose history differs (restored from an old
+    // copy). "Already applied" would acknowledge a write applied nowhere.
+    store.record_prepared(20, &[item("t", "c")]).unwrap();
+    assert!(matches!(
+        store.apply_commit(20, 2),
+        Err(Error::Diverged { seq: 2, txid: 20 })
+    ));
+    assert_eq!(store.count("t").unwrap(), 2);
+    assert_eq!(store.prepared_txids().unwrap(), vec![20]);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! may override it for one process); the harness's own internal calls carry it too.
 
 pub mod history;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
