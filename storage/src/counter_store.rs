@@ -74,6 +74,16 @@ impl CounterStore {
     /// Must run inside a tokio runtime (it starts the flusher). Fails, never starts empty, when the
     /// directory holds data sled cannot read.
     pub fn open(path: &Path, log_retention: u64) -> Result<Self> {
+        Self::open_named(path, log_retention, random_id)
+    }
+
+    /// [`Self::open`], naming a new replica `new_id()` instead of a random id: a simulation that
+    /// replays a run exactly needs its replicas to sort the same way every time.
+    pub fn open_named(
+        path: &Path,
+        log_retention: u64,
+        new_id: impl FnOnce() -> NodeId,
+    ) -> Result<Self> {
         let db = open_db(path)?;
         let store = CounterStore {
             meta: db.open_tree("meta")?,
@@ -86,7 +96,7 @@ impl CounterStore {
             log_retention,
         };
         if store.meta.get(NODE_ID)?.is_none() {
-            let id = random_id();
+            let id = new_id();
             // compare_and_swap: a node id, once created, never changes.
             let _ = store
                 .meta

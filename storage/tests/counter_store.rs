@@ -521,7 +521,10 @@ async fn a_commit_of_a_newer_transaction_at_an_applied_seq_is_refused() {
     commit(&store, 10, 1, &[item("t", "a")]).await;
     commit(&store, 11, 2, &[item("t", "b")]).await;
     // The same seq and an older or equal txid: a re-sent COMMIT, nothing to do.
-    assert_eq!(store.apply_commit(11, 2).unwrap(), ApplyOutcome::AlreadyApplied);
+    assert_eq!(
+        store.apply_commit(11, 2).unwrap(),
+        ApplyOutcome::AlreadyApplied
+    );
     // A newer txid at an applied seq: a coordinator whose history differs (restored from an old
     // copy). "Already applied" would acknowledge a write applied nowhere.
     store.record_prepared(20, &[item("t", "c")]).unwrap();

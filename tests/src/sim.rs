@@ -106,12 +106,19 @@ impl Net {
         let retention = net.log_retention;
         let node = &mut net.nodes[i];
         assert!(node.running.is_none(), "{} is running", node.url);
-        let store = CounterStore::open(&node.next_dir, retention).expect("counter opens");
+        let name = node.url.trim_start_matches("sim://").to_owned();
+        let store =
+            CounterStore::open_named(&node.next_dir, retention, || name).expect("counter opens");
         let participant = Participant::new(store);
         node.id = participant.store().node_id().expect("node id");
         node.running = Some((participant.clone(), node.next_dir.clone()));
         node.starts += 1;
         participant
+    }
+
+    /// From now on, faults hit calls at these rates.
+    pub fn set_rates(&self, rates: FaultRates) {
+        self.lock().rates = rates;
     }
 
     /// Crashes counter `i` now (see the module doc).
@@ -153,6 +160,11 @@ impl NetState {
 
     pub fn running(&self, i: usize) -> bool {
         self.nodes[i].running.is_some()
+    }
+
+    /// Counter `i`'s running participant, if it runs.
+    pub fn participant(&self, i: usize) -> Option<Participant> {
+        self.nodes[i].running.as_ref().map(|(p, _)| p.clone())
     }
 
     fn draw(&mut self, p: f64) -> bool {
@@ -318,10 +330,24 @@ impl Counters for Link {
         .boxed()
     }
 
+    /// Best effort, and sent from a task of its own whenever the runtime gets to it: it draws no
+    /// fault, so that the generator's sequence follows the steps alone (a lost ROLLBACK is covered
+    /// by presumed abort anyway).
     fn rollback<'a>(&'a self, to: &'a Target, txid: TxId) -> BoxFuture<'a, CallResult<()>> {
-        self.call(to, "rollback", move |p| {
-            async move { p.rollback(txid).await }.boxed()
-        })
+        async move {
+            let participant = {
+                let net = self.net.lock();
+                let node = net.nodes.iter().find(|n| n.url == to.url && n.id == to.id);
+                node.and_then(|n| n.running.as_ref().map(|(p, _)| p.clone()))
+            };
+            match participant {
+                Some(p) if self.alive() => p.rollback(txid).await.map_err(|e| CallError::Refused {
+                    status: 500,
+                    body: e.to_string(),
+                }),
+                _ => Err(CallError::Unreachable("not delivered".into())),
+            }
+        }
         .boxed()
     }
 

@@ -662,7 +662,10 @@ async fn a_coordinator_restored_from_an_older_copy_refuses_counters_ahead_of_it(
         if view.counters.iter().all(|m| m.state != MemberState::InSync) {
             break;
         }
-        assert!(Instant::now() < deadline, "counters ahead still in sync: {view:?}");
+        assert!(
+            Instant::now() < deadline,
+            "counters ahead still in sync: {view:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, body) = c.post(&[("6", "t")]).await.unwrap();
@@ -671,7 +674,10 @@ async fn a_coordinator_restored_from_an_older_copy_refuses_counters_ahead_of_it(
     for i in 0..2 {
         assert_eq!(c.counter_count(i, "t").await.unwrap().count, 5);
     }
-    assert!(c.coordinator.log_text().contains("ahead of this coordinator"));
+    assert!(c
+        .coordinator
+        .log_text()
+        .contains("ahead of this coordinator"));
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
