@@ -157,12 +157,7 @@ impl CoordinatorStore {
                 meta.insert(COMMITTED_SEQ, &u64_key(decision.seq))?;
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => Error::Sled(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    unreachable!("closure never aborts")
-                }
-            })?;
+            .map_err(storage_error)?;
         self.kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -210,12 +205,7 @@ impl CoordinatorStore {
                     seqs.remove(&*seq)?;
                     Ok(())
                 })
-                .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                    sled::transaction::TransactionError::Storage(e) => Error::Sled(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        unreachable!("closure never aborts")
-                    }
-                })?;
+                .map_err(storage_error)?;
             self.kept.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             pruned += 1;
         }
@@ -272,5 +262,13 @@ impl CoordinatorStore {
     pub fn remove_counter(&self, id: &str) -> Result<()> {
         self.registry.remove(id.as_bytes())?;
         Ok(())
+    }
+}
+
+/// The error of a transaction whose closure never aborts: only storage can fail it.
+fn storage_error(e: sled::transaction::TransactionError<()>) -> Error {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => Error::Sled(e),
+        sled::transaction::TransactionError::Abort(()) => unreachable!("the closure never aborts"),
     }
 }

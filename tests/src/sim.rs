@@ -12,6 +12,8 @@
 //! running instance, and a restart opens the copy.
 
 use std::path::{Path, PathBuf};
+
+use crate::copy_dir;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -169,20 +171,6 @@ impl NetState {
 
     fn draw(&mut self, p: f64) -> bool {
         p > 0.0 && self.rng.random_bool(p)
-    }
-}
-
-/// Copies the files of a sled directory as they are now.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy file");
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use storage::proto::MemberState;
 
-use dc_tests::{bin, Cluster, Options};
+use dc_tests::{bin, copy_dir, Cluster, Options};
 use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -678,17 +678,4 @@ async fn a_coordinator_restored_from_an_older_copy_refuses_counters_ahead_of_it(
         .coordinator
         .log_text()
         .contains("ahead of this coordinator"));
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dc_tests::history::History;
-use dc_tests::{random_token, Cluster, Load, Options};
+use dc_tests::{copy_dir, random_token, Cluster, Load, Options};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -407,19 +407,6 @@ async fn token_rotation_under_write_load_loses_and_refuses_nothing() {
         "{stats:?}"
     );
     c.converge_and_check(&history, CONVERGE).await;
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 async fn wait_for_log(service: &dc_tests::Service, needle: &str) -> String {
