@@ -38,6 +38,18 @@ impl ApiError {
     }
 }
 
+/// The one place a round's failure becomes an HTTP answer.
+impl From<crate::txn::RoundError> for ApiError {
+    fn from(e: crate::txn::RoundError) -> Self {
+        use crate::txn::RoundError;
+        match e {
+            RoundError::Unavailable(why) => ApiError::Unavailable(why),
+            RoundError::OutcomeUnknown(why) => ApiError::Unknown(why),
+            RoundError::Storage(why) => ApiError::Storage(why),
+        }
+    }
+}
+
 impl From<storage::Error> for ApiError {
     fn from(e: storage::Error) -> Self {
         ApiError::Storage(e.to_string())

@@ -30,7 +30,33 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::counters::SharedCounters;
-use crate::error::ApiError;
+/// Why a round did not commit, by what the client must do about it. Mapped to HTTP in one place
+/// (`From<RoundError> for ApiError`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RoundError {
+    /// Nothing was written: too few counters could take it, or the queue is full. Retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The round may or may not have committed (a failure after its decision may have reached the
+    /// disk). Re-sending the same items is safe: ids are counted once.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// The coordinator's own storage failed before any decision: nothing was written.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<storage::Error> for RoundError {
+    fn from(e: storage::Error) -> Self {
+        RoundError::Storage(e.to_string())
+    }
+}
+
+impl RoundError {
+    fn unknown(e: impl std::fmt::Display) -> Self {
+        RoundError::OutcomeUnknown(e.to_string())
+    }
+}
 use crate::registry::{Registry, Target};
 
 /// POSTs waiting for a round beyond this are refused with 503 rather than queued without bound.
@@ -43,7 +69,7 @@ const LARGEST_ROUND: usize = 40_000;
 
 struct Request {
     items: Vec<Item>,
-    reply: oneshot::Sender<Result<Seq, ApiError>>,
+    reply: oneshot::Sender<Result<Seq, RoundError>>,
 }
 
 pub struct TxnManager {
@@ -88,21 +114,21 @@ impl TxnManager {
     }
 
     /// Commits `items` atomically (all of them or none), merged into the next round.
-    pub async fn submit(&self, items: Vec<Item>) -> Result<Seq, ApiError> {
+    pub async fn submit(&self, items: Vec<Item>) -> Result<Seq, RoundError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Request { items, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
-                    ApiError::Unavailable("too many writes queued; retry later".into())
+                    RoundError::Unavailable("too many writes queued; retry later".into())
                 }
                 mpsc::error::TrySendError::Closed(_) => {
-                    ApiError::Unavailable("the write sequencer stopped".into())
+                    RoundError::Unavailable("the write sequencer stopped".into())
                 }
             })?;
         answer
             .await
-            .map_err(|_| ApiError::unknown("the round ended without an answer"))?
+            .map_err(|_| RoundError::unknown("the round ended without an answer"))?
     }
 
     /// Waits for the running round to end and holds off the next one while the guard lives: no commit
@@ -132,7 +158,7 @@ impl TxnManager {
     /// Forgets the decisions every registered counter has made durable, at most `max` (see
     /// [`CoordinatorStore::prune_decisions`]); run periodically, so the decision log stays bounded.
     /// Blocking: run it on a blocking thread.
-    pub fn prune_decisions(&self, max: usize) -> Result<usize, ApiError> {
+    pub fn prune_decisions(&self, max: usize) -> storage::Result<usize> {
         let Some(watermark) = self.registry.durable_low_watermark() else {
             return Ok(0);
         };
@@ -167,7 +193,7 @@ impl TxnManager {
             let result = self.round(items).await;
             let outcome = match &result {
                 Ok(_) => "committed",
-                Err(ApiError::Unknown(_)) => "unknown",
+                Err(RoundError::OutcomeUnknown(_)) => "unknown",
                 Err(_) => "aborted",
             };
             metrics::counter!("dc_rounds_total", "outcome" => outcome).increment(1);
@@ -180,7 +206,7 @@ impl TxnManager {
         }
     }
 
-    async fn round(&self, items: Vec<Item>) -> Result<Seq, ApiError> {
+    async fn round(&self, items: Vec<Item>) -> Result<Seq, RoundError> {
         let _round = self.round_lock.lock().await;
         let txid = self.store.next_txid()?;
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = Some(txid);
@@ -192,12 +218,12 @@ impl TxnManager {
         result
     }
 
-    async fn run(&self, txid: TxId, items: Vec<Item>) -> Result<Seq, ApiError> {
+    async fn run(&self, txid: TxId, items: Vec<Item>) -> Result<Seq, RoundError> {
         // Phase 1.
         let participants = self.registry.in_sync();
         if participants.len() < self.min_replicas {
             abort_cause("too_few_in_sync");
-            return Err(ApiError::Unavailable(format!(
+            return Err(RoundError::Unavailable(format!(
                 "{} counters in sync, {} needed",
                 participants.len(),
                 self.min_replicas
@@ -227,7 +253,7 @@ impl TxnManager {
                 let (client, target) = (self.client.clone(), target.clone());
                 tokio::spawn(async move { client.rollback(&target, txid).await });
             }
-            return Err(ApiError::Unavailable(format!(
+            return Err(RoundError::Unavailable(format!(
                 "only {} counters could prepare, {} needed",
                 yes.len(),
                 self.min_replicas
@@ -245,7 +271,7 @@ impl TxnManager {
             .record_commit(txid, &decision, n_items as u64)
             .inspect_err(|_| abort_cause("storage"))?;
         // From here a failure must not be reported as "not committed": the decision may be on disk.
-        self.store.durable().await.map_err(ApiError::unknown)?;
+        self.store.durable().await.map_err(RoundError::unknown)?;
         phase_done("decision_flush", began);
         crash::point("coordinator-after-decision");
         // Before any counter can apply it (phase 2, or an outcome query answered once `voting` is
@@ -257,7 +283,7 @@ impl TxnManager {
         let began = Instant::now();
         self.phase2(txid, seq, &yes, n_items)
             .await
-            .map_err(ApiError::unknown)?;
+            .map_err(RoundError::unknown)?;
         phase_done("commit", began);
         Ok(seq)
     }
@@ -270,7 +296,7 @@ impl TxnManager {
         seq: Seq,
         participants: &[Target],
         items: usize,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RoundError> {
         let mut pending: &[Target] = participants;
         if crash::armed("coordinator-mid-phase2") && pending.len() > 1 {
             // Only in crash tests: one counter gets COMMIT, then the coordinator dies before the others.
@@ -303,14 +329,14 @@ impl TxnManager {
         Ok(())
     }
 
-    fn drop_member(&self, target: &Target, why: &str) -> Result<bool, ApiError> {
+    fn drop_member(&self, target: &Target, why: &str) -> Result<bool, RoundError> {
         Ok(self.registry.mark_lagging(&target.id, why)?)
     }
 
     /// The outcome of `txid` for a counter that holds it prepared. The voting txid is checked before the
     /// decisions, and a round logs its decision before it stops voting, so a round that is about to
     /// commit is never reported aborted.
-    pub fn outcome(&self, txid: TxId) -> Result<Outcome, ApiError> {
+    pub fn outcome(&self, txid: TxId) -> storage::Result<Outcome> {
         if *self.voting.lock().unwrap_or_else(|p| p.into_inner()) == Some(txid) {
             return Ok(Outcome::Pending);
         }
@@ -321,7 +347,7 @@ impl TxnManager {
     }
 
     /// On start, before serving: redoes phase 2 of every decision not marked finished.
-    pub async fn recover(&self) -> Result<(), ApiError> {
+    pub async fn recover(&self) -> Result<(), RoundError> {
         let _round = self.round_lock.lock().await;
         for (txid, decision) in self.store.unfinished()? {
             let targets: Vec<Target> = decision

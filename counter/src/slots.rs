@@ -22,15 +22,7 @@ pub fn claim(root: &Path, log_retention: u64) -> anyhow::Result<CounterStore> {
     std::fs::create_dir_all(root)?;
     for n in 0..MAX_SLOTS {
         let dir = root.join(format!("slot-{n:02}"));
-        // sled has been seen to panic on a corrupt snapshot rather than return an error.
-        let opened = std::panic::catch_unwind(|| CounterStore::open(&dir, log_retention))
-            .unwrap_or_else(|_| {
-                Err(Error::Corrupt {
-                    tree: "db",
-                    reason: "sled panicked opening it".into(),
-                })
-            });
-        match opened {
+        match CounterStore::open(&dir, log_retention) {
             Ok(store) => {
                 tracing::info!(dir = %dir.display(), "claimed slot");
                 return Ok(store);

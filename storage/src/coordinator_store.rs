@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use crate::codec::{decode, encode};
-use crate::error::{open_db, Error, Result};
+use crate::error::{Error, Result};
 use crate::flusher::Flusher;
 use crate::keys::{u64_from, u64_key};
 use crate::model::{random_id, ClusterId, NodeId, Seq, TxId};
+use crate::open::open_db;
 
 const COMMITTED_SEQ: &[u8] = b"committed_seq";
 const CLUSTER_ID: &[u8] = b"cluster_id";

@@ -25,10 +25,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 use crate::codec::{decode, encode};
-use crate::error::{open_db, Error, Result};
+use crate::error::{Error, Result};
 use crate::flusher::Flusher;
 use crate::keys::{item_from_key, item_key, u64_from, u64_key};
 use crate::model::{random_id, ClusterId, Item, LogEntry, NodeId, Seq, TxId};
+use crate::open::open_db;
 
 const NODE_ID: &[u8] = b"node_id";
 /// The cluster this replica joined first; it never serves another.

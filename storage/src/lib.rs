@@ -20,6 +20,7 @@ pub mod error;
 pub mod flusher;
 pub mod keys;
 pub mod model;
+mod open;
 pub mod proto;
 
 pub use coordinator_store::{CoordinatorStore, CounterRecord, CounterState, Decision};

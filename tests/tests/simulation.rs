@@ -15,11 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use coordinator::counters::{Counters, SharedCounters};
-use coordinator::error::ApiError;
 use coordinator::reads::Reader;
 use coordinator::registry::Registry;
 use coordinator::sync::Syncer;
-use coordinator::txn::TxnManager;
+use coordinator::txn::{RoundError, TxnManager};
 use dc_tests::history::{History, Outcome};
 use dc_tests::sim::{FaultRates, Link, Net};
 use rand::rngs::StdRng;
@@ -140,11 +139,12 @@ impl Coordinator {
     }
 }
 
-fn outcome(result: &Result<u64, ApiError>) -> Outcome {
+fn outcome(result: &Result<u64, RoundError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Ok,
-        Err(ApiError::Unknown(_) | ApiError::Storage(_)) => Outcome::Unknown,
-        Err(_) => Outcome::Failed,
+        // As the HTTP mapping answers them: 500 for both, which a client cannot tell apart.
+        Err(RoundError::OutcomeUnknown(_) | RoundError::Storage(_)) => Outcome::Unknown,
+        Err(RoundError::Unavailable(_)) => Outcome::Failed,
     }
 }
 
