@@ -30,49 +30,49 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Time between two health checks of a counter.
-    #[arg(long, env = "HEALTH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "COORDINATOR_HEALTH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub health_interval: Duration,
 
     /// Failed health checks in a row after which a counter is removed from the registration table.
-    #[arg(long, env = "HEALTH_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "COORDINATOR_HEALTH_ATTEMPTS", default_value_t = 3)]
     pub health_attempts: u32,
 
     /// Timeout of each PREPARE, COMMIT and ROLLBACK call; a counter that misses it leaves the write set.
-    #[arg(long, env = "CALL_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
+    #[arg(long, env = "COORDINATOR_CALL_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     pub call_timeout: Duration,
 
     /// Timeout of each read, health and sync call, and how long a read may wait for a counter to
     /// apply the last decided round.
-    #[arg(long, env = "READ_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
+    #[arg(long, env = "COORDINATOR_READ_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub read_timeout: Duration,
 
     /// Writes fail with 503 when fewer in-sync counters than this can take them.
-    #[arg(long, env = "MIN_REPLICAS", default_value_t = 1)]
+    #[arg(long, env = "COORDINATOR_MIN_REPLICAS", default_value_t = 1)]
     pub min_replicas: usize,
 
     /// Largest accepted POST /items body.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "COORDINATOR_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
 
     /// Longest accepted item id, in bytes.
-    #[arg(long, env = "MAX_ID_BYTES", default_value_t = 256)]
+    #[arg(long, env = "COORDINATOR_MAX_ID_BYTES", default_value_t = 256)]
     pub max_id_bytes: usize,
 
     /// Longest accepted tenant, in bytes.
-    #[arg(long, env = "MAX_TENANT_BYTES", default_value_t = 256)]
+    #[arg(long, env = "COORDINATOR_MAX_TENANT_BYTES", default_value_t = 256)]
     pub max_tenant_bytes: usize,
 
     /// Most items accepted in one POST (413 beyond): one POST is one atomic round, and a round too
     /// large to apply within the call timeouts would push every counter out of the write set.
-    #[arg(long, env = "MAX_ITEMS_PER_POST", default_value_t = 10_000)]
+    #[arg(long, env = "COORDINATOR_MAX_ITEMS_PER_POST", default_value_t = 10_000)]
     pub max_items_per_post: usize,
 
     /// Concurrent POSTs are merged into one 2PC round up to about this many items.
-    #[arg(long, env = "MAX_ROUND_ITEMS", default_value_t = 10_000)]
+    #[arg(long, env = "COORDINATOR_MAX_ROUND_ITEMS", default_value_t = 10_000)]
     pub max_round_items: usize,
 
     /// Items per page when a counter catches up.
-    #[arg(long, env = "SYNC_PAGE_ITEMS", default_value_t = 5_000)]
+    #[arg(long, env = "COORDINATOR_SYNC_PAGE_ITEMS", default_value_t = 5_000)]
     pub sync_page_items: usize,
 
     /// Once recovered and listening, write the bound public address, then on a second line the internal

@@ -33,7 +33,7 @@ fn config(cases: u32) -> Config {
     }
 }
 
-/// The production defaults (`MAX_ID_BYTES`, `MAX_TENANT_BYTES`, `MAX_ITEMS_PER_POST`).
+/// The production defaults (`COORDINATOR_MAX_ID_BYTES`, `COORDINATOR_MAX_TENANT_BYTES`, `COORDINATOR_MAX_ITEMS_PER_POST`).
 const DEFAULT_LIMITS: Limits = Limits {
     max_id_bytes: 256,
     max_tenant_bytes: 256,
