@@ -19,7 +19,11 @@ pub struct Config {
     pub advertise_url: Option<String>,
 
     /// Base URL of the coordinator's internal listener (not its public API).
-    #[arg(long, env = "COUNTER_COORDINATOR_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "COUNTER_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub coordinator_url: String,
 
     #[command(flatten)]

@@ -283,25 +283,24 @@ impl Counters for Link {
         txid: TxId,
         items: Vec<Item>,
     ) -> BoxFuture<'a, Vec<CallResult<Vote>>> {
-        async move {
-            let mut votes = Vec::new();
-            // One after the other: the order of faults and effects follows the seed alone.
-            for t in to {
-                let items = items.clone();
+        // All at once, as the HTTP client does. Each call draws its faults when first polled, and
+        // `join_all` polls them in order, so the draws follow the seed alone.
+        futures_util::future::join_all(to.iter().map(move |t| {
+            let items = items.clone();
+            async move {
                 let vote = self
                     .call(t, "prepare", move |p| {
                         async move { p.prepare(txid, items).await }.boxed()
                     })
                     .await;
-                votes.push(match vote {
+                match vote {
                     Err(CallError::Refused { status: 299, .. }) => Ok(Vote::No {
                         reason: "injected".into(),
                     }),
                     other => other,
-                });
+                }
             }
-            votes
-        }
+        }))
         .boxed()
     }
 
