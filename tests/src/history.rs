@@ -1,4 +1,4 @@
-//! A history of client operations and a checker for the invariants of DESIGN.md, in the spirit of
+//! A history of client operations and a checker for the invariants of ARCHITECTURE.md, in the spirit of
 //! Jepsen's set and counter checkers, adapted to what the API shows: per-tenant counts of distinct ids.
 //!
 //! Clients record each POST (its items, when it was invoked and completed, and whether it was

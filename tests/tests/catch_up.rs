@@ -1,4 +1,4 @@
-//! Catch-up of lagging counters (DESIGN.md "Register & sync" and weakness 2): incremental from the log,
+//! Catch-up of lagging counters (ARCHITECTURE.md, "Catch-up"): incremental from the log,
 //! snapshot when the log was trimmed, writes flowing while a sync runs, rejoining without a restart,
 //! and write availability while a counter dies.
 

@@ -1,6 +1,6 @@
 //! One test per named crash point (see `storage::crash`): a process dies at exactly that step of 2PC or
 //! of catch-up, is restarted without the crash point, and the cluster must converge with every
-//! invariant of DESIGN.md intact: no lost write, no phantom write, atomic batches. When the coordinator
+//! invariant of ARCHITECTURE.md intact: no lost write, no phantom write, atomic batches. When the coordinator
 //! dies after its COMMIT decision was flushed, the in-doubt batch must end up counted on every counter
 //! even though its client saw an error.
 //!
