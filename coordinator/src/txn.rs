@@ -389,3 +389,298 @@ fn phase_done(phase: &'static str, began: Instant) {
     metrics::histogram!("dc_phase_duration_seconds", "phase" => phase)
         .record(began.elapsed().as_secs_f64());
 }
+
+/// The round without a socket: counters scripted per node, the real store and registry.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures_util::future::{BoxFuture, FutureExt};
+    use storage::proto::{Applied, CounterCount, CounterStatus, LogPage, SnapshotPage};
+    use storage::{CounterState, LogEntry};
+
+    use super::*;
+    use crate::counters::{CallError, CallResult, Counters};
+
+    /// What a scripted counter does.
+    #[derive(Clone, Copy, Default)]
+    struct Script {
+        vote_no: bool,
+        prepare_fails: bool,
+        commit_fails: bool,
+    }
+
+    #[derive(Default)]
+    struct Scripted {
+        scripts: Mutex<BTreeMap<String, Script>>,
+        /// Every call, as "kind node txid".
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn script(&self, id: &str) -> Script {
+            self.scripts
+                .lock()
+                .unwrap()
+                .get(id)
+                .copied()
+                .unwrap_or_default()
+        }
+
+        fn log(&self, kind: &str, to: &Target, txid: TxId) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{kind} {} {txid}", to.id));
+        }
+
+        fn calls(&self, kind: &str) -> Vec<String> {
+            let calls = self.calls.lock().unwrap();
+            calls
+                .iter()
+                .filter(|c| c.starts_with(kind))
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn unused<T>() -> BoxFuture<'static, CallResult<T>> {
+        async { Err(CallError::Unreachable("not scripted".into())) }.boxed()
+    }
+
+    impl Counters for Scripted {
+        fn prepare_all<'a>(
+            &'a self,
+            to: &'a [Target],
+            txid: TxId,
+            _items: Vec<Item>,
+        ) -> BoxFuture<'a, Vec<CallResult<Vote>>> {
+            let votes = to
+                .iter()
+                .map(|t| {
+                    self.log("prepare", t, txid);
+                    match self.script(&t.id) {
+                        Script {
+                            prepare_fails: true,
+                            ..
+                        } => Err(CallError::Unreachable("timed out".into())),
+                        Script { vote_no: true, .. } => Ok(Vote::No {
+                            reason: "scripted".into(),
+                        }),
+                        _ => Ok(Vote::Yes),
+                    }
+                })
+                .collect();
+            async move { votes }.boxed()
+        }
+
+        fn commit<'a>(
+            &'a self,
+            to: &'a Target,
+            txid: TxId,
+            seq: Seq,
+            _items: usize,
+        ) -> BoxFuture<'a, CallResult<Applied>> {
+            self.log("commit", to, txid);
+            let fails = self.script(&to.id).commit_fails;
+            async move {
+                if fails {
+                    Err(CallError::Unreachable("timed out".into()))
+                } else {
+                    Ok(Applied { last_applied: seq })
+                }
+            }
+            .boxed()
+        }
+
+        fn rollback<'a>(&'a self, to: &'a Target, txid: TxId) -> BoxFuture<'a, CallResult<()>> {
+            self.log("rollback", to, txid);
+            async { Ok(()) }.boxed()
+        }
+
+        fn count<'a>(
+            &'a self,
+            _: &'a Target,
+            _: &'a str,
+        ) -> BoxFuture<'a, CallResult<CounterCount>> {
+            unused()
+        }
+
+        fn status<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, CallResult<CounterStatus>> {
+            unused()
+        }
+
+        fn log_page<'a>(
+            &'a self,
+            _: &'a Target,
+            _: Seq,
+            _: usize,
+        ) -> BoxFuture<'a, CallResult<LogPage>> {
+            unused()
+        }
+
+        fn snapshot_page<'a>(
+            &'a self,
+            _: &'a Target,
+            _: Option<String>,
+            _: usize,
+        ) -> BoxFuture<'a, CallResult<SnapshotPage>> {
+            unused()
+        }
+
+        fn apply_log<'a>(
+            &'a self,
+            _: &'a Target,
+            _: Vec<LogEntry>,
+        ) -> BoxFuture<'a, CallResult<Applied>> {
+            unused()
+        }
+
+        fn import<'a>(&'a self, _: &'a Target, _: Vec<Item>) -> BoxFuture<'a, CallResult<Applied>> {
+            unused()
+        }
+
+        fn finish_snapshot<'a>(
+            &'a self,
+            _: &'a Target,
+            _: Seq,
+            _: TxId,
+        ) -> BoxFuture<'a, CallResult<Applied>> {
+            unused()
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        counters: Arc<Scripted>,
+        registry: Arc<Registry>,
+        txn: Arc<TxnManager>,
+    }
+
+    /// Counters `a`, `b`, `c`, all in sync; writes need `min_replicas`.
+    fn fixture(min_replicas: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CoordinatorStore::open(dir.path()).unwrap();
+        let registry = Arc::new(Registry::load(store.clone()).unwrap());
+        for id in ["a", "b", "c"] {
+            registry.register(id, &format!("test://{id}")).unwrap();
+            registry.promote(id, 0).unwrap();
+        }
+        let counters = Arc::new(Scripted::default());
+        let shared: SharedCounters = counters.clone();
+        let txn = TxnManager::start(store, registry.clone(), shared, min_replicas, 100).unwrap();
+        Fixture {
+            _dir: dir,
+            counters,
+            registry,
+            txn,
+        }
+    }
+
+    fn items(n: usize) -> Vec<Item> {
+        (0..n)
+            .map(|i| Item {
+                id: i.to_string(),
+                tenant: "t".into(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_no_vote_drops_that_counter_and_the_round_commits_with_the_others() {
+        let f = fixture(1);
+        f.counters.scripts.lock().unwrap().insert(
+            "b".into(),
+            Script {
+                vote_no: true,
+                ..Script::default()
+            },
+        );
+        let seq = f.txn.submit(items(3)).await.unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(f.registry.state("b"), Some(CounterState::Lagging));
+        let commits = f.counters.calls("commit");
+        assert_eq!(commits.len(), 2, "{commits:?}");
+        assert!(commits.iter().all(|c| !c.contains(" b ")), "{commits:?}");
+        let txid = commits[0].split(' ').nth(2).unwrap().parse().unwrap();
+        let decision = f.txn.store().decision(txid).unwrap().unwrap();
+        assert_eq!(
+            decision.participants,
+            vec!["a".to_string(), "c".to_string()]
+        );
+        assert!(f.txn.store().unfinished().unwrap().is_empty());
+        assert_eq!(f.txn.decided_seq(), 1);
+        // The next round leaves it out from the start.
+        f.txn.submit(items(1)).await.unwrap();
+        assert_eq!(f.counters.calls("prepare").len(), 5);
+    }
+
+    #[tokio::test]
+    async fn too_few_yes_votes_abort_with_nothing_decided_and_the_yes_voters_rolled_back() {
+        let f = fixture(2);
+        for id in ["a", "b"] {
+            f.counters.scripts.lock().unwrap().insert(
+                id.into(),
+                Script {
+                    prepare_fails: true,
+                    ..Script::default()
+                },
+            );
+        }
+        let result = f.txn.submit(items(2)).await;
+        assert!(
+            matches!(result, Err(RoundError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert_eq!(f.txn.store().committed_seq().unwrap(), 0);
+        assert_eq!(f.txn.decided_seq(), 0);
+        assert!(f.counters.calls("commit").is_empty());
+        // The ROLLBACK to the one YES voter is sent from a task of its own.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while f.counters.calls("rollback").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no rollback");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(f.counters.calls("rollback").len(), 1);
+        assert!(f.counters.calls("rollback")[0].contains(" c "));
+        let txid = f.counters.calls("rollback")[0]
+            .split(' ')
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(f.txn.outcome(txid).unwrap(), Outcome::Aborted);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_after_the_decision_still_answers_committed_and_drops_the_counter() {
+        let f = fixture(1);
+        f.counters.scripts.lock().unwrap().insert(
+            "c".into(),
+            Script {
+                commit_fails: true,
+                ..Script::default()
+            },
+        );
+        assert_eq!(f.txn.submit(items(1)).await.unwrap(), 1);
+        assert_eq!(f.registry.state("c"), Some(CounterState::Lagging));
+        assert_eq!(f.registry.state("a"), Some(CounterState::InSync));
+        // Reads may only go where the round is known to be applied.
+        let readers: Vec<String> = f.registry.readers(1).into_iter().map(|t| t.id).collect();
+        assert_eq!(readers.len(), 2);
+        assert!(!readers.contains(&"c".to_string()));
+        // The decision stays for c's in-doubt query until it is caught up.
+        let txid = f.counters.calls("commit")[0]
+            .split(' ')
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(f.txn.outcome(txid).unwrap(), Outcome::Committed { seq: 1 });
+        assert_eq!(
+            f.txn.prune_decisions(100).unwrap(),
+            0,
+            "c has not made it durable"
+        );
+    }
+}
