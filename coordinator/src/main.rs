@@ -28,6 +28,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
+    // Before anything else: see `shutdown_signal`.
+    let shutdown = service::observe::shutdown_signal();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Healthcheck) => {
@@ -47,7 +49,7 @@ async fn main() {
     }
     service::observe::init_tracing(cli.config.log_format);
     tracing::info!(config = ?cli.config, "starting");
-    if let Err(e) = coordinator::run(cli.config, service::observe::shutdown_signal()).await {
+    if let Err(e) = coordinator::run(cli.config, shutdown).await {
         tracing::error!("coordinator failed: {e:#}");
         std::process::exit(1);
     }

@@ -17,13 +17,15 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
+    // Before anything else: see `shutdown_signal`.
+    let shutdown = service::observe::shutdown_signal();
     let cli = Cli::parse();
     if let Some(Command::Healthcheck) = cli.command {
         std::process::exit(service::serve::healthcheck(cli.config.listen.port()).await);
     }
     service::observe::init_tracing(cli.config.log_format);
     tracing::info!(config = ?cli.config, "starting");
-    if let Err(e) = counter::run(cli.config, service::observe::shutdown_signal()).await {
+    if let Err(e) = counter::run(cli.config, shutdown).await {
         tracing::error!("counter failed: {e:#}");
         std::process::exit(1);
     }

@@ -101,13 +101,19 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     response
 }
 
-/// Resolves on SIGTERM or Ctrl-C: the shutdown signal of both services.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// The shutdown signal of both services: resolves on SIGTERM or SIGINT. The handlers are installed
+/// when this is called, not when the future is first polled: in a container the service is PID 1,
+/// which the kernel does not terminate by default, so a SIGTERM that arrived before the handlers
+/// existed (a `docker stop` right after a start) would be lost and the stop would wait for SIGKILL.
+/// Call it first thing in `main`.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

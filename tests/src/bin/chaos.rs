@@ -278,6 +278,8 @@ struct FaultLog {
     not_restarted: Vec<String>,
     /// Containers that did not stop cleanly on SIGTERM.
     unclean_stops: Vec<String>,
+    /// When the drill last started each container.
+    started_at: BTreeMap<String, Instant>,
 }
 
 /// Kills and restarts containers until `end`, then starts every container of the project again.
@@ -368,6 +370,12 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             } else {
                 up[rng.random_range(0..up.len())].clone()
             };
+            // The stop fault is about a running service's graceful path. A SIGTERM in the first
+            // milliseconds of a process, before `main` installed its handlers, ends it by the
+            // signal's default action: a kill, which the kill faults cover.
+            if let Some(at) = log.started_at.get(&victim.name) {
+                tokio::time::sleep(STARTUP.saturating_sub(at.elapsed())).await;
+            }
             say!("fault stop sends SIGTERM to {}", victim.name);
             *log.by_kind.entry(fault).or_default() += 1;
             let since = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -476,6 +484,9 @@ async fn unclean_stop(c: &Container, since: u64) -> Result<Option<String>> {
         .find(|l| l.contains("at the shutdown timeout"))
         .map(|l| format!("{} did not finish in time: {l}", c.name)))
 }
+
+/// How long a just-started container gets before the stop fault may pick it.
+const STARTUP: Duration = Duration::from_secs(1);
 
 /// How long a crashed container's restart policy gets to bring it back.
 const CRASH_RESTART: Duration = Duration::from_secs(15);
@@ -587,6 +598,7 @@ impl StartWatch {
 async fn start(c: &Container, log: &mut FaultLog) {
     match docker(&["start", &c.id]).await {
         Ok(_) => {
+            log.started_at.insert(c.name.clone(), Instant::now());
             log.starts += 1;
             *log.caused_starts.entry(c.name.clone()).or_default() += 1;
             say!("started {}", c.name);
