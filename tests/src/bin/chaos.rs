@@ -485,6 +485,28 @@ async fn unclean_stop(c: &Container, since: u64) -> Result<Option<String>> {
         .map(|l| format!("{} did not finish in time: {l}", c.name)))
 }
 
+/// The pid of the service's own process in a container whose first process is `init`: that one,
+/// or its child running the service (compose starts the services under docker's init). `None` when
+/// the engine's processes are not visible from here.
+fn service_pid(init: &str, service: &str) -> Option<String> {
+    let is_service = |pid: &str| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .is_some_and(|e| e.file_name() == Some(service.as_ref()))
+    };
+    if init == "0" {
+        return None;
+    }
+    if is_service(init) {
+        return Some(init.to_owned());
+    }
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+    children
+        .split_whitespace()
+        .find(|child| is_service(child))
+        .map(str::to_owned)
+}
+
 /// How long a just-started container gets before the stop fault may pick it.
 const STARTUP: Duration = Duration::from_secs(1);
 
@@ -502,11 +524,10 @@ enum Crashed {
 /// waits for its restart policy to start it again.
 async fn crash(c: &Container) -> Result<Crashed> {
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c.id]).await?;
-    let pid = pid.trim();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    if pid == "0" || exe.as_ref().and_then(|e| e.file_name()) != Some(c.service.as_ref()) {
+    let Some(pid) = service_pid(pid.trim(), &c.service) else {
         return Ok(Crashed::Invisible);
-    }
+    };
+    let pid = pid.as_str();
     let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]).await?;
     let killed = tokio::process::Command::new("kill")
         .args(["-KILL", pid])
