@@ -20,7 +20,9 @@ pub async fn run(
     interval: Duration,
     attempts: u32,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    // The first check one interval after start, not at once: a coordinator that just recovered has
+    // its counters registering anyway, and its first round must not race a check of its own.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
