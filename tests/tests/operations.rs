@@ -5,42 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dc_tests::history::History;
-use dc_tests::{Cluster, Load, Options};
+use dc_tests::{inspect, Cluster, Load, Options};
 
 const CONVERGE: Duration = Duration::from_secs(20);
-
-/// Opens a stopped service's data on a runtime of its own, reads it with `read`, and closes it again:
-/// dropping that runtime stops the store's flusher task, which releases the data directory's lock.
-fn inspect<S, T: Send + 'static>(
-    open: impl Fn() -> storage::Result<S> + Send + 'static,
-    read: impl FnOnce(&S) -> T + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let store = runtime.block_on(async {
-            loop {
-                match open() {
-                    Ok(store) => return store,
-                    // The lock of the process that just exited may take a moment to go.
-                    Err(storage::Error::Locked(_)) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("cannot open the data: {e}"),
-                }
-            }
-        });
-        let out = read(&store);
-        drop(store);
-        drop(runtime);
-        out
-    })
-    .join()
-    .unwrap()
-}
 
 /// Starts a service again once the in-process store that inspected its data released the lock.
 async fn restart_counter(c: &mut Cluster, i: usize) {
