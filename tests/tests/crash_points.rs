@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dc_tests::history::{History, Outcome};
-use dc_tests::{batch, Cluster, Load, Options, Service};
+use dc_tests::{batch, inspect, Cluster, Load, Options, Service};
 use storage::proto::{paths, RegisterRequest};
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -44,21 +44,13 @@ fn assert_crashed(service: &mut Service, point: &str) {
     );
 }
 
-/// `(last_applied, in_doubt)` of the last "recovered" line of a counter's log: what it found on its
-/// own disk when it last started.
-fn recovered(service: &Service) -> (u64, u64) {
-    let log = service.log_text();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("counter: recovered"))
-        .unwrap_or_else(|| panic!("no recovery line in:\n{log}"));
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
-    (field("last_applied="), field("in_doubt="))
+/// `(last_applied, in_doubt)` on the disk of a stopped counter: what it will find when it starts.
+fn on_disk(service: &Service) -> (u64, usize) {
+    let dir = service.data_dir().to_owned();
+    inspect(
+        move || storage::CounterStore::open(&dir, 0),
+        |s| (s.last_applied().unwrap(), s.prepared_txids().unwrap().len()),
+    )
 }
 
 /// Restarts counter `i` with `point` armed and waits until it is back in the write set, so the next
@@ -92,9 +84,9 @@ async fn counter_2pc_crash(point: &str) {
     let seq = c.view().await.unwrap().committed_seq;
 
     api.write_acked(&h, "while-down", 5, 3).await;
-    c.start_counter(0, &[]).await.unwrap();
     // What the counter promised before dying is on its disk.
-    let (last_applied, in_doubt) = recovered(&c.counters[0]);
+    let (last_applied, in_doubt) = on_disk(&c.counters[0]);
+    c.start_counter(0, &[]).await.unwrap();
     if point == "counter-after-prepare" {
         assert_eq!(
             (last_applied, in_doubt),
@@ -157,8 +149,8 @@ async fn counter_sync_crash(options: Options, backlog: usize, point: &str) -> (C
         true,
     );
     assert_crashed(&mut c.counters[0], point);
+    let (last_applied, _) = on_disk(&c.counters[0]);
     c.start_counter(0, &[]).await.unwrap();
-    let (last_applied, _) = recovered(&c.counters[0]);
     if point == "counter-mid-snapshot" {
         // Snapshot items do not move the position until the snapshot is finished.
         assert_eq!(

@@ -1,111 +1,165 @@
 //! Slot claiming (replicas sharing one volume under docker `--scale`) and node identity on calls.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dc_tests::{bin, random_token, Cluster, Options};
+use dc_tests::{bin, inspect, random_token, Cluster, Options};
+use storage::proto::CounterStatus;
 
-/// Starts a counter claiming a slot under `root`; returns it with the path of its log.
-fn slot_counter(root: &Path, name: &str) -> (Child, std::path::PathBuf) {
-    let log = root.parent().unwrap().join(format!("{name}.log"));
-    let child = Command::new(bin("counter"))
-        .args([
-            "--slots",
-            "--listen",
-            "127.0.0.1:0",
-            "--coordinator-url",
-            "http://127.0.0.1:9",
-        ])
-        .arg("--data-dir")
-        .arg(root)
-        .env("RUST_LOG", "info")
-        .env("CLUSTER_TOKEN", random_token())
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    (child, log)
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A counter claiming a slot under a shared root, with no coordinator to register with.
+struct SlotCounter {
+    child: Child,
+    log: PathBuf,
+    addr_file: PathBuf,
+    token: String,
 }
 
-fn wait_for_line(log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in {}:\n{text}",
-            log.display()
+impl SlotCounter {
+    fn start(root: &Path, name: &str) -> SlotCounter {
+        let dir = root.parent().unwrap();
+        let (log, addr_file) = (
+            dir.join(format!("{name}.log")),
+            dir.join(format!("{name}.addr")),
         );
-        std::thread::sleep(Duration::from_millis(20));
+        let token = random_token();
+        let child = Command::new(bin("counter"))
+            .args([
+                "--slots",
+                "--listen",
+                "127.0.0.1:0",
+                "--coordinator-url",
+                "http://127.0.0.1:9",
+            ])
+            .arg("--data-dir")
+            .arg(root)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .env("RUST_LOG", "info")
+            .env("CLUSTER_TOKEN", &token)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        SlotCounter {
+            child,
+            log,
+            addr_file,
+            token,
+        }
+    }
+
+    /// The node id it serves as, from its status endpoint once it listens (it claimed a slot).
+    async fn node_id(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            if let Some(addr) = std::fs::read_to_string(&self.addr_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<std::net::SocketAddr>().ok())
+            {
+                break addr;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the counter exited with {status}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the counter does not listen:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let status: CounterStatus = reqwest::Client::new()
+            .get(format!("http://{addr}/internal/status"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status.node_id
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: its slot's lock dies with it.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 
-#[test]
-fn replicas_claim_distinct_slots_and_keep_them_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("counters");
-    let (mut a, log_a) = slot_counter(&root, "a");
-    let slot_a = wait_for_line(&log_a, "claimed slot");
-    let (mut b, log_b) = slot_counter(&root, "b");
-    let slot_b = wait_for_line(&log_b, "claimed slot");
-    assert!(slot_a.contains("slot-00"), "{slot_a}");
-    assert!(slot_b.contains("slot-01"), "{slot_b}");
-    let id_b = wait_for_line(&log_b, "recovered");
-
-    // SIGKILL b: its lock dies with it, and the next replica to start takes its slot and identity.
-    b.kill().unwrap();
-    b.wait().unwrap();
-    let (mut c, log_c) = slot_counter(&root, "c");
-    assert!(wait_for_line(&log_c, "claimed slot").contains("slot-01"));
-    let node = |line: &str| {
-        line.split("node_id=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    assert_eq!(node(&wait_for_line(&log_c, "recovered")), node(&id_b));
-
-    for child in [&mut a, &mut c] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+/// The identity kept in a slot of a stopped counter's root.
+fn slot_node_id(root: &Path, slot: &str) -> String {
+    let dir = root.join(slot);
+    inspect(
+        move || storage::CounterStore::open(&dir, 0),
+        |s| s.node_id().unwrap(),
+    )
 }
 
-#[test]
-fn an_unreadable_slot_is_reported_and_never_reused_empty() {
+#[tokio::test]
+async fn replicas_claim_distinct_slots_and_keep_them_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("counters");
-    let (mut a, log_a) = slot_counter(&root, "a");
-    wait_for_line(&log_a, "claimed slot");
-    a.kill().unwrap();
-    a.wait().unwrap();
+    let mut a = SlotCounter::start(&root, "a");
+    let id_a = a.node_id().await;
+    let mut b = SlotCounter::start(&root, "b");
+    let id_b = b.node_id().await;
+    assert_ne!(id_a, id_b);
+
+    // The next replica to start after b died takes b's slot, and with it b's identity.
+    b.kill();
+    let mut c = SlotCounter::start(&root, "c");
+    assert_eq!(c.node_id().await, id_b);
+
+    a.kill();
+    c.kill();
+    assert_eq!(slot_node_id(&root, "slot-00"), id_a);
+    assert_eq!(slot_node_id(&root, "slot-01"), id_b);
+    assert!(!root.join("slot-02").exists(), "a third slot was made");
+}
+
+#[tokio::test]
+async fn an_unreadable_slot_is_reported_and_never_reused_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("counters");
+    let mut a = SlotCounter::start(&root, "a");
+    a.node_id().await;
+    a.kill();
     // Corrupt slot-00's database file.
     let db = root.join("slot-00").join("db");
     std::fs::write(&db, vec![0xA5u8; 4096]).unwrap();
 
-    let (mut b, log_b) = slot_counter(&root, "b");
-    let claimed = wait_for_line(&log_b, "claimed slot");
-    assert!(claimed.contains("slot-01"), "{claimed}");
-    let error = wait_for_line(&log_b, "slot cannot be opened");
+    let mut b = SlotCounter::start(&root, "b");
+    let id_b = b.node_id().await;
+    // The operator is told which slot is bad (the log is the report).
+    let error = b
+        .log_text()
+        .lines()
+        .find(|l| l.contains("slot cannot be opened"))
+        .map(str::to_owned);
     assert!(
-        error.contains("ERROR") && error.contains("slot-00"),
-        "{error}"
+        error
+            .as_ref()
+            .is_some_and(|e| e.contains("ERROR") && e.contains("slot-00")),
+        "{}",
+        b.log_text()
     );
     // The bad slot stays refused on later starts too: it is never taken up as an empty replica.
-    let (mut c, log_c) = slot_counter(&root, "c");
-    assert!(wait_for_line(&log_c, "claimed slot").contains("slot-02"));
-    wait_for_line(&log_c, "slot cannot be opened");
-    for child in [&mut b, &mut c] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    let mut c = SlotCounter::start(&root, "c");
+    let id_c = c.node_id().await;
+    b.kill();
+    c.kill();
+    assert_eq!(slot_node_id(&root, "slot-01"), id_b);
+    assert_eq!(slot_node_id(&root, "slot-02"), id_c);
 }
 
 #[tokio::test]
