@@ -271,3 +271,6 @@ impl Syncer {
             .last_applied)
     }
 }
+
+#[cfg(test)]
+mod tests;
