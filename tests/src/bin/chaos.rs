@@ -27,13 +27,9 @@
 //! cluster token from `--token-file`/`CHAOS_TOKEN_FILE` (`volumes/cluster-token`, where `make up`
 //! keeps it); the clients use only the public port.
 //!
-//! Settings (flag or environment): `--url`/`CHAOS_URL` (http://127.0.0.1:8080), `--project`/
-//! `CHAOS_PROJECT` (compose project, dcounter), `--secs`/`CHAOS_SECS` (fault phase, 120),
-//! `--seed`/`CHAOS_SEED` (fault schedule and operation mix; random), `--writers`/`CHAOS_WRITERS` (4),
-//! `--readers`/`CHAOS_READERS` (6), `--converge-secs`/`CHAOS_CONVERGE_SECS` (150).
+//! Settings: `chaos --help` (each flag has a `CHAOS_*` environment variable).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -75,74 +71,36 @@ const SHARED_TENANTS: usize = 16;
 /// Batches a writer remembers for re-sends.
 const REMEMBERED: usize = 200;
 
+/// The drill's settings; each flag can also be given in its environment variable.
+#[derive(clap::Parser)]
+#[command(about = "The docker kill drill against the cluster `make up` runs")]
 struct Settings {
+    /// The coordinator's public URL.
+    #[arg(long, env = "CHAOS_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The compose project whose containers the drill kills.
+    #[arg(long, env = "CHAOS_PROJECT", default_value = "dcounter")]
     project: String,
+    /// Length of the fault phase, in seconds.
+    #[arg(long, env = "CHAOS_SECS", default_value_t = 120)]
     secs: u64,
-    seed: u64,
+    /// Seed of the fault schedule and of the operation mix (random when not given).
+    #[arg(long, env = "CHAOS_SEED")]
+    seed: Option<u64>,
+    #[arg(long, env = "CHAOS_WRITERS", default_value_t = 4)]
     writers: usize,
+    #[arg(long, env = "CHAOS_READERS", default_value_t = 6)]
     readers: usize,
+    /// How long the cluster gets to converge, before and after the faults, in seconds.
+    #[arg(long, env = "CHAOS_CONVERGE_SECS", default_value_t = 150)]
     converge_secs: u64,
+    /// The cluster token, for the internal listeners.
+    #[arg(
+        long,
+        env = "CHAOS_TOKEN_FILE",
+        default_value = "volumes/cluster-token"
+    )]
     token_file: String,
-}
-
-impl Settings {
-    fn load() -> Result<Settings> {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let get = |flag: &str, var: &str| -> Option<String> {
-            let i = args.iter().position(|a| a == flag);
-            i.and_then(|i| args.get(i + 1).cloned())
-                .or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
-        };
-        fn parse<T: FromStr>(value: Option<String>, what: &str, default: T) -> Result<T>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match value {
-                None => Ok(default),
-                Some(v) => v
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("bad {what} {v:?}: {e}")),
-            }
-        }
-        if let Some(bad) = args.iter().step_by(2).find(|a| {
-            ![
-                "--url",
-                "--project",
-                "--secs",
-                "--seed",
-                "--writers",
-                "--readers",
-                "--converge-secs",
-                "--token-file",
-            ]
-            .contains(&a.as_str())
-        }) {
-            bail!("unknown argument {bad:?} (see the doc comment of tests/src/bin/chaos.rs)");
-        }
-        Ok(Settings {
-            url: get("--url", "CHAOS_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".into())
-                .trim_end_matches('/')
-                .to_owned(),
-            project: get("--project", "CHAOS_PROJECT").unwrap_or_else(|| "dcounter".into()),
-            secs: parse(get("--secs", "CHAOS_SECS"), "duration", 120)?,
-            seed: parse(
-                get("--seed", "CHAOS_SEED"),
-                "seed",
-                rand::random::<u32>() as u64,
-            )?,
-            writers: parse(get("--writers", "CHAOS_WRITERS"), "writer count", 4)?,
-            readers: parse(get("--readers", "CHAOS_READERS"), "reader count", 6)?,
-            converge_secs: parse(
-                get("--converge-secs", "CHAOS_CONVERGE_SECS"),
-                "duration",
-                150,
-            )?,
-            token_file: get("--token-file", "CHAOS_TOKEN_FILE")
-                .unwrap_or_else(|| "volumes/cluster-token".into()),
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1120,11 +1078,13 @@ async fn main() {
 }
 
 async fn drill() -> Result<bool> {
-    let s = Settings::load()?;
+    let mut s = <Settings as clap::Parser>::parse();
+    s.url = s.url.trim_end_matches('/').to_owned();
+    let seed = *s.seed.get_or_insert_with(|| rand::random::<u32>().into());
     let began = Instant::now();
     let began_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let since = (began_unix as u64).saturating_sub(1);
-    let run = format!("chaos-{since}-{}", s.seed);
+    let run = format!("chaos-{since}-{seed}");
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
@@ -1145,8 +1105,8 @@ async fn drill() -> Result<bool> {
         .build()?;
     say!(
         "seed {} (replay with CHAOS_SEED={}), {} s of faults, tenants {run}-*",
-        s.seed,
-        s.seed,
+        seed,
+        seed,
         s.secs
     );
 
@@ -1180,7 +1140,7 @@ async fn drill() -> Result<bool> {
         let writer = Writer {
             client: client.clone(),
             shared: shared.clone(),
-            rng: StdRng::seed_from_u64(s.seed.wrapping_mul(31).wrapping_add(w as u64 + 1)),
+            rng: StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(w as u64 + 1)),
             w,
             run: run.clone(),
             next: 0,
@@ -1190,7 +1150,7 @@ async fn drill() -> Result<bool> {
         tasks.push(tokio::spawn(writer.run(stop.clone())));
     }
     for r in 0..s.readers {
-        let seed = s.seed.wrapping_mul(77).wrapping_add(r as u64 + 1000);
+        let seed = seed.wrapping_mul(77).wrapping_add(r as u64 + 1000);
         tasks.push(tokio::spawn(reader(
             client.clone(),
             shared.clone(),
@@ -1202,7 +1162,7 @@ async fn drill() -> Result<bool> {
 
     let watch = StartWatch::spawn(&s.project)?;
     let end = Instant::now() + Duration::from_secs(s.secs);
-    let faults = inject_faults(&s.project, s.seed, end).await;
+    let faults = inject_faults(&s.project, seed, end).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -1310,7 +1270,7 @@ async fn drill() -> Result<bool> {
         "chaos {}: {:.0}s, seed {}, {n_counters} counters; {} operations: {} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} failed, {} non-monotonic), {} tenants; {} faults ({}; {} kills, {} starts, {} docker errors); converged in {converge_secs:.1}s at seq {seq}; {} error log lines; {total} violations ({})",
         if total == 0 { "PASS" } else { "FAIL" },
         began.elapsed().as_secs_f64(),
-        s.seed,
+        seed,
         report.writes + report.reads + shared.read_failures.load(Ordering::Relaxed) as usize,
         report.writes,
         report.acknowledged,
