@@ -119,23 +119,14 @@ pub async fn run(
         },
         auth,
     };
-    let public = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot bind the public listener {}", config.listen))?;
-    let internal = tokio::net::TcpListener::bind(config.internal_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind the internal listener {}",
-                config.internal_listen
-            )
-        })?;
-    let (public_addr, internal_addr) = (public.local_addr()?, internal.local_addr()?);
-    if let Some(path) = &config.addr_file {
-        std::fs::write(path, format!("{public_addr}\n{internal_addr}\n"))
-            .context("cannot write addr file")?;
-    }
-    tracing::info!(public = %public_addr, internal = %internal_addr, "listening");
+    let [public, internal] = service::serve::bind(
+        [
+            ("public", config.listen),
+            ("internal", config.internal_listen),
+        ],
+        config.addr_file.as_deref(),
+    )
+    .await?;
 
     // Set on the signal: the one deadline for the whole shutdown (open requests, the running round,
     // the final flush), so that it ends within the container's grace period.

@@ -41,14 +41,9 @@ pub async fn run(
     tracing::info!(node_id = %status.node_id, cluster_id = status.cluster_id.as_deref().unwrap_or("none yet"),
         last_applied = status.last_applied, in_doubt = status.prepared, "recovered");
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .context("cannot bind")?;
+    let [listener] =
+        service::serve::bind([("internal", config.listen)], config.addr_file.as_deref()).await?;
     let local = listener.local_addr()?;
-    if let Some(path) = &config.addr_file {
-        std::fs::write(path, local.to_string()).context("cannot write addr file")?;
-    }
-    tracing::info!(%local, "listening");
 
     // Finding the address to advertise may have to wait for the coordinator (see `advertised_addr`);
     // registration cannot happen before anyway, and the counter serves meanwhile.

@@ -7,6 +7,8 @@
 //! harmless. The timeout is longer than any call the services make to each other, so it only cuts
 //! requests that are stuck.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
@@ -15,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json, Router};
 use storage::proto::StatusBody;
+use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 /// How long a refused client should wait before trying again, in seconds.
@@ -31,6 +34,41 @@ pub struct ServeArgs {
     /// re-sending it is safe).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: Duration,
+}
+
+/// Binds one listener per `(name, address)`, logs the bound addresses and, when `addr_file` is
+/// given, writes them there one per line in order, so a script or test using port 0 learns them.
+pub async fn bind<const N: usize>(
+    listeners: [(&str, SocketAddr); N],
+    addr_file: Option<&Path>,
+) -> std::io::Result<[TcpListener; N]> {
+    let context = |what: String| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let mut bound = Vec::with_capacity(N);
+    let mut lines = String::new();
+    for (name, addr) in listeners {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(context(format!("cannot bind the {name} listener {addr}")))?;
+        let local = listener.local_addr()?;
+        tracing::info!(listener = name, %local, "listening");
+        lines.push_str(&format!("{local}\n"));
+        bound.push(listener);
+    }
+    if let Some(path) = addr_file {
+        // Renamed into place, so a reader never sees half of it.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, lines)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(context(format!(
+                "cannot write the address file {}",
+                path.display()
+            )))?;
+    }
+    Ok(bound
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one listener per address")))
 }
 
 /// A duration like "10s" that is not zero.

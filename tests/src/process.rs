@@ -127,7 +127,8 @@ impl Service {
     pub(crate) fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            // Written whole once listening: the public address, then the coordinator's internal one.
+            // Written whole (renamed into place) once listening: the public address, then the
+            // coordinator's internal one.
             if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
                 let mut lines = text.lines().map(|l| l.trim().parse::<SocketAddr>());
                 let want_internal = self.kind == Kind::Coordinator;
