@@ -40,10 +40,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Before anything records a metric: what is recorded without a recorder is lost.
-    service::observe::recorder();
-    let auth = config.auth.load()?;
-    auth.announce();
+    let auth = service::start(&config.auth)?;
     let store = storage::CoordinatorStore::open(&config.data_dir)
         .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
     let cluster_id = store.cluster_id()?;

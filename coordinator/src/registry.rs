@@ -33,6 +33,20 @@ struct Member {
 }
 
 impl Member {
+    /// A member as the registration table records it, with nothing learned about it yet.
+    fn new(record: CounterRecord) -> Member {
+        Member {
+            record,
+            failed_checks: 0,
+            syncing: None,
+            synced_entries: 0,
+            synced_snapshot_items: 0,
+            applied: 0,
+            durable: 0,
+            rate: Rate::default(),
+        }
+    }
+
     fn state(&self) -> MemberState {
         match (self.record.state, self.syncing) {
             (CounterState::InSync, _) => MemberState::InSync,
@@ -111,21 +125,7 @@ impl Registry {
         let members = store
             .counters()?
             .into_iter()
-            .map(|(id, record)| {
-                (
-                    id,
-                    Member {
-                        record,
-                        failed_checks: 0,
-                        syncing: None,
-                        synced_entries: 0,
-                        synced_snapshot_items: 0,
-                        applied: 0,
-                        durable: 0,
-                        rate: Rate::default(),
-                    },
-                )
-            })
+            .map(|(id, record)| (id, Member::new(record)))
             .collect();
         Ok(Registry {
             store,
@@ -273,18 +273,11 @@ impl Registry {
     pub fn register(&self, id: &str, url: &str) -> storage::Result<()> {
         let mut members = self.lock();
         let known = members.contains_key(id);
-        let m = members.entry(id.to_owned()).or_insert_with(|| Member {
-            record: CounterRecord {
+        let m = members.entry(id.to_owned()).or_insert_with(|| {
+            Member::new(CounterRecord {
                 url: url.to_owned(),
                 state: CounterState::Lagging,
-            },
-            failed_checks: 0,
-            syncing: None,
-            synced_entries: 0,
-            synced_snapshot_items: 0,
-            applied: 0,
-            durable: 0,
-            rate: Rate::default(),
+            })
         });
         m.failed_checks = 0;
         if !known || m.record.url != url {

@@ -26,10 +26,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Before anything records a metric: what is recorded without a recorder is lost.
-    service::observe::recorder();
-    let auth = config.auth.load()?;
-    auth.announce();
+    let auth = service::start(&config.auth)?;
     let store = if config.slots {
         slots::claim(&config.data_dir, config.log_retention)?
     } else {
