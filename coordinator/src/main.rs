@@ -30,7 +30,7 @@ enum Command {
 async fn main() {
     // Before anything else: see `shutdown_signal`.
     let shutdown = service::observe::shutdown_signal();
-    let cli = Cli::parse();
+    let cli: Cli = service::serve::parse_with_prefix("COORDINATOR");
     match &cli.command {
         Some(Command::Healthcheck) => {
             std::process::exit(service::serve::healthcheck(cli.config.listen.port()).await)

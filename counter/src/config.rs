@@ -65,7 +65,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 
     /// Log lines as text or as JSON objects.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "COUNTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     #[command(flatten)]

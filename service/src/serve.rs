@@ -23,16 +23,17 @@ use tower::ServiceBuilder;
 /// How long a refused client should wait before trying again, in seconds.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// Both services take these; [`parse_with_prefix`] names their environment variables after the service.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Requests one listener handles at once; more are refused with 503 and Retry-After.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+    #[arg(long, default_value_t = 1024,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
     /// Longest a request may run; past it the answer is 504 (a POST's outcome is then unknown:
     /// re-sending it is safe).
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: Duration,
 }
 
@@ -69,6 +70,20 @@ pub async fn bind<const N: usize>(
     Ok(bound
         .try_into()
         .unwrap_or_else(|_| unreachable!("one listener per address")))
+}
+
+/// Parses the command line of a service whose every setting reads the environment variable
+/// `<prefix>_<SETTING>`: those of [`ServeArgs`], shared code, get theirs here. (The cluster token's
+/// variables are the cluster's, `CLUSTER_*`, the same for every service.)
+pub fn parse_with_prefix<P: clap::Parser>(prefix: &str) -> P {
+    let shared = ["max_concurrent_requests", "request_timeout"];
+    let command = shared.iter().fold(P::command(), |command, id| {
+        // Named once per process start, and clap keeps names for the life of the command.
+        let env: &'static str = format!("{prefix}_{}", id.to_uppercase()).leak();
+        command.mut_arg(*id, |arg| arg.env(env))
+    });
+    let matches = command.get_matches();
+    P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// A duration like "10s" that is not zero.

@@ -195,7 +195,7 @@ async fn json_logs_carry_the_round_and_never_the_token() {
     })
     .await
     .unwrap();
-    c.coordinator.set_env("LOG_FORMAT", "json");
+    c.coordinator.set_env("COORDINATOR_LOG_FORMAT", "json");
     c.restart_coordinator().await.unwrap();
     c.wait_in_sync(3, CONVERGE).await.unwrap();
     // A counter that is gone when the next round prepares: the round logs why it drops it.
