@@ -24,10 +24,12 @@ openapi:
 	UPDATE_OPENAPI=1 cargo test -p coordinator --test openapi
 
 # Coordinator on 127.0.0.1:$(PORT) (internal API on the next port) and 3 counters as local processes;
-# data and the cluster token (created on first use) under ./data. Ctrl-C stops all.
+# data and the cluster token (created on first use) under ./data. Ctrl-C stops all. PROFILE=release
+# runs optimized binaries (target/release), e.g. for an external load tool such as wrk.
+PROFILE ?= debug
 run:
-	cargo build --bins
-	PORT=$(PORT) ./scripts/run-local.sh
+	cargo build --bins --profile $(if $(filter debug,$(PROFILE)),dev,$(PROFILE))
+	PORT=$(PORT) BIN=target/$(PROFILE) ./scripts/run-local.sh
 
 # ---- docker compose: build, up, down, logs, chaos, clean-data ----
 # The machine may have no image registry: images are FROM scratch, holding static binaries built here.
@@ -114,7 +116,12 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 
-# Throughput, latency and write-outage figures of a local release cluster (medians of BENCH_RUNS runs).
+# One table of throughput, latency and cost of fresh local release clusters of 3 and 5 counters, next
+# to a durable Redis where redis-server is installed, then a counter kill under load (BENCHMARKS.md).
+# BENCH_SECS (10) per run, BENCH_RUNS (3) runs per row (medians), BENCH_BIG_TENANT (1000000) items.
+# Same build as `make run PROFILE=release`; the services' data goes to target/bench-tmp (a disk).
+BENCH_TMP = $(CURDIR)/target/bench-tmp
 bench:
 	cargo build --release --bins
-	./target/release/bench
+	@mkdir -p $(BENCH_TMP)
+	TMPDIR=$(BENCH_TMP) ./target/release/bench
