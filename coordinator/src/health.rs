@@ -33,6 +33,7 @@ pub async fn run(
                     Ok(status) => {
                         registry.check_passed(&target.id);
                         registry.note_applied(&target.id, status.last_applied);
+                        registry.note_durable(&target.id, status.durable);
                         if registry.state(&target.id) == Some(CounterState::Lagging) {
                             syncer.spawn(target.id.clone());
                         }

@@ -187,8 +187,9 @@ impl Registry {
         }
     }
 
-    /// Records that counter `id` acknowledged every commit up to `seq` as durable (it answers only
-    /// after its flush), and so applied them.
+    /// Records that counter `id` reported every commit up to `seq` durable (a catch-up page, which it
+    /// flushes before answering, or the durable seq of a COMMIT acknowledgement or a status), and so
+    /// applied them.
     pub fn note_durable(&self, id: &str, seq: Seq) {
         if let Some(m) = self.lock().get_mut(id) {
             m.durable = m.durable.max(seq);
@@ -202,12 +203,13 @@ impl Registry {
         self.lock().values().map(|m| m.durable).min()
     }
 
-    /// After recovery: every in-sync counter has applied, durably, every commit up to `committed`. A
-    /// counter that missed one was marked lagging durably before any client heard of it, and recovery
-    /// has just redone every unfinished phase 2.
+    /// After recovery: every in-sync counter has applied every commit up to `committed`. A counter
+    /// that missed one was marked lagging durably before any client heard of it, and recovery has just
+    /// redone every unfinished phase 2. Not that they made them durable: a COMMIT is acknowledged
+    /// before its flush, so what is durable is learned from the counters again.
     pub fn recovered(&self, committed: Seq) {
         for id in self.in_sync().into_iter().map(|t| t.id) {
-            self.note_durable(&id, committed);
+            self.note_applied(&id, committed);
         }
     }
 
@@ -264,7 +266,9 @@ impl Registry {
                 }
             }
         }
-        self.note_durable(id, committed);
+        // Applied, not necessarily durable: a counter found already at `committed` got there by
+        // COMMITs, which it acknowledges before their flush.
+        self.note_applied(id, committed);
         Ok(())
     }
 

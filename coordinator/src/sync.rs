@@ -222,9 +222,10 @@ impl Syncer {
                     let n = entries.len() as u64;
                     let items = entries.iter().map(|e| e.items.len() as u64).sum();
                     self.still_mine(&target.id, generation)?;
-                    at = self.client.apply_log(target, entries).await?.last_applied;
+                    let applied = self.client.apply_log(target, entries).await?;
+                    at = applied.last_applied;
                     self.registry.add_synced(&target.id, n, items, 0);
-                    self.registry.note_durable(&target.id, at);
+                    self.registry.note_durable(&target.id, applied.durable);
                     crash::point("coordinator-mid-sync");
                 }
                 LogPage::Trimmed { floor } if snapshots > 0 && !locked => {

@@ -309,8 +309,9 @@ impl TxnManager {
         let acks = join_all(pending.iter().map(|t| async move {
             let ack = self.client.commit(t, txid, seq, items).await;
             if let Ok(applied) = &ack {
-                // Acknowledged after the counter's flush: durable there.
-                self.registry.note_durable(&t.id, applied.last_applied);
+                // Applied there, and durable up to what it says (a COMMIT is not flushed first).
+                self.registry.note_applied(&t.id, applied.last_applied);
+                self.registry.note_durable(&t.id, applied.durable);
                 self.registry.add_applied_items(&t.id, items as u64);
             }
             ack
@@ -487,7 +488,10 @@ mod tests {
                 if fails {
                     Err(CallError::Unreachable("timed out".into()))
                 } else {
-                    Ok(Applied { last_applied: seq })
+                    Ok(Applied {
+                        last_applied: seq,
+                        durable: seq,
+                    })
                 }
             }
             .boxed()

@@ -164,9 +164,7 @@ async fn commit(
     State(p): State<Participant>,
     Json(req): Json<CommitRequest>,
 ) -> ApiResult<Applied> {
-    Ok(Json(Applied {
-        last_applied: p.commit(req.txid, req.seq).await?,
-    }))
+    Ok(Json(p.commit(req.txid, req.seq).await?))
 }
 
 #[tracing::instrument(skip_all, fields(txid = req.txid))]
@@ -214,25 +212,19 @@ async fn apply_log(
     State(p): State<Participant>,
     Json(req): Json<ApplyLogRequest>,
 ) -> ApiResult<Applied> {
-    Ok(Json(Applied {
-        last_applied: p.apply_log(req.entries).await?,
-    }))
+    Ok(Json(p.apply_log(req.entries).await?))
 }
 
 async fn import(
     State(p): State<Participant>,
     Json(req): Json<ImportRequest>,
 ) -> ApiResult<Applied> {
-    Ok(Json(Applied {
-        last_applied: p.import(req.items).await?,
-    }))
+    Ok(Json(p.import(req.items).await?))
 }
 
 async fn finish_snapshot(
     State(p): State<Participant>,
     Json(req): Json<FinishSnapshotRequest>,
 ) -> ApiResult<Applied> {
-    Ok(Json(Applied {
-        last_applied: p.finish_snapshot(req.seq, req.txid).await?,
-    }))
+    Ok(Json(p.finish_snapshot(req.seq, req.txid).await?))
 }

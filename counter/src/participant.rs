@@ -1,7 +1,9 @@
 //! The counter's side of 2PC and of catch-up, over its [`CounterStore`].
 //!
 //! Every method that changes state waits for the change to be on disk before it returns, because its
-//! return value is a promise to the coordinator (a YES vote, a commit acknowledgement, a synced seq).
+//! return value is a promise to the coordinator (a YES vote, a synced seq), except COMMIT: its
+//! acknowledgement says how far the replica has applied and, separately, how far that is durable
+//! ([`Participant::commit`]).
 //! sled work runs on blocking threads: a large batch costs milliseconds of CPU.
 //!
 //! A counter told to stop ([`Participant::stop_voting`]) votes NO to every new PREPARE and keeps
@@ -11,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use storage::proto::{CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
+use storage::proto::{Applied, CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
 use storage::{crash, CounterStore, Error, Item, LogEntry, PrepareOutcome, Seq, TxId};
 
 #[derive(Clone)]
@@ -85,18 +87,31 @@ impl Participant {
                 reason: format!("transaction {txid} is older than the last applied one"),
             });
         }
+        // Before this flush, the previous round's COMMIT may still be in memory only.
+        crash::point("counter-before-prepare-flush");
         self.store.durable().await?;
         crash::point("counter-after-prepare");
         Ok(Vote::Yes)
     }
 
-    /// Phase 2: applies the prepared transaction as commit `seq`, acknowledged once durable.
-    pub async fn commit(&self, txid: TxId, seq: Seq) -> Result<Seq, Error> {
+    /// Phase 2: applies the prepared transaction as commit `seq`, acknowledged once applied and made
+    /// durable by the next flush (a PREPARE's, or sled's own within half a second). A crash before
+    /// that flush leaves the prepared record, which is on disk since the YES vote, in doubt; the
+    /// coordinator keeps its decision until this counter reports the commit durable, so the commit
+    /// is redone after the restart. That saves a disk sync per round.
+    pub async fn commit(&self, txid: TxId, seq: Seq) -> Result<Applied, Error> {
         crash::delay("counter-before-commit").await;
         self.blocking(move |s| s.apply_commit(txid, seq)).await?;
-        self.store.durable().await?;
         crash::point("counter-after-commit");
-        self.store.last_applied()
+        self.applied()
+    }
+
+    /// Where this replica stands: applied, and made durable.
+    fn applied(&self) -> Result<Applied, Error> {
+        Ok(Applied {
+            last_applied: self.store.last_applied()?,
+            durable: self.store.durable_applied(),
+        })
     }
 
     pub async fn rollback(&self, txid: TxId) -> Result<(), Error> {
@@ -118,6 +133,7 @@ impl Participant {
             node_id: self.store.node_id()?,
             cluster_id: self.store.cluster_id()?,
             last_applied,
+            durable: self.store.durable_applied(),
             last_txid,
             log_floor: self.store.log_floor()?,
             prepared: self.store.prepared_txids()?.len(),
@@ -154,24 +170,24 @@ impl Participant {
     }
 
     /// Catch-up: applies committed entries from another replica, acknowledged once durable.
-    pub async fn apply_log(&self, entries: Vec<LogEntry>) -> Result<Seq, Error> {
+    pub async fn apply_log(&self, entries: Vec<LogEntry>) -> Result<Applied, Error> {
         self.blocking(move |s| s.apply_entries(&entries)).await?;
         self.store.durable().await?;
         crash::point("counter-mid-sync");
-        self.store.last_applied()
+        self.applied()
     }
 
-    pub async fn import(&self, items: Vec<Item>) -> Result<Seq, Error> {
+    pub async fn import(&self, items: Vec<Item>) -> Result<Applied, Error> {
         self.blocking(move |s| s.import_items(&items)).await?;
         self.store.durable().await?;
         crash::point("counter-mid-snapshot");
-        self.store.last_applied()
+        self.applied()
     }
 
-    pub async fn finish_snapshot(&self, seq: Seq, txid: TxId) -> Result<Seq, Error> {
+    pub async fn finish_snapshot(&self, seq: Seq, txid: TxId) -> Result<Applied, Error> {
         self.blocking(move |s| s.finish_snapshot(seq, txid)).await?;
         self.store.durable().await?;
-        self.store.last_applied()
+        self.applied()
     }
 
     /// Applies a commit whose outcome was learned after a restart. A gap means this replica is behind

@@ -20,6 +20,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
@@ -68,6 +70,10 @@ pub struct CounterStore {
     flusher: Flusher,
     /// Committed transactions kept in the log for catch-up; 0 keeps them all.
     log_retention: u64,
+    /// `last_applied` as of the last flush this store waited for (as of opening, before any): what a
+    /// crash can no longer take back. A COMMIT is acknowledged before it is flushed, so this trails
+    /// `last_applied`, and the coordinator keeps a decision until every counter reports it here.
+    durable_applied: Arc<AtomicU64>,
 }
 
 impl CounterStore {
@@ -95,6 +101,7 @@ impl CounterStore {
             flusher: Flusher::spawn(db.clone(), "counter"),
             db,
             log_retention,
+            durable_applied: Arc::default(),
         };
         if store.meta.get(NODE_ID)?.is_none() {
             let id = new_id();
@@ -113,6 +120,10 @@ impl CounterStore {
                 .meta
                 .compare_and_swap(TOTALS, None::<&[u8]>, Some(&totals[..]))?;
         }
+        // What was recovered is what the last run made durable.
+        store
+            .durable_applied
+            .store(store.last_applied()?, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -131,7 +142,16 @@ impl CounterStore {
 
     /// Waits until every write made before the call is on disk (group commit).
     pub async fn durable(&self) -> Result<()> {
-        self.flusher.durable().await
+        // Read before the flush is asked for: every commit up to it is covered by that flush.
+        let applied = self.last_applied()?;
+        self.flusher.durable().await?;
+        self.durable_applied.fetch_max(applied, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The last applied seq that a crash can no longer take back (see [`Self::durable`]).
+    pub fn durable_applied(&self) -> Seq {
+        self.durable_applied.load(Ordering::SeqCst)
     }
 
     pub fn node_id(&self) -> Result<NodeId> {

@@ -68,6 +68,12 @@ pub struct RollbackRequest {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Applied {
     pub last_applied: Seq,
+    /// The last applied seq it has made durable. A COMMIT is acknowledged once applied, before its
+    /// flush (its prepared record is on disk: a crash leaves it in doubt, and the coordinator's
+    /// decision resolves it), so this may trail `last_applied`; catch-up writes are flushed first.
+    /// Missing (an older counter): 0, which only delays pruning.
+    #[serde(default)]
+    pub durable: Seq,
 }
 
 /// A counter's internal count answer. `last_applied` is read before the count, so the count includes
@@ -85,6 +91,9 @@ pub struct CounterStatus {
     /// The cluster it joined; `None` before its first registration.
     pub cluster_id: Option<ClusterId>,
     pub last_applied: Seq,
+    /// The last applied seq that a crash can no longer take back (see [`Applied::durable`]).
+    #[serde(default)]
+    pub durable: Seq,
     pub last_txid: TxId,
     pub log_floor: Seq,
     /// Transactions voted YES on and not yet decided here (in doubt after a crash).

@@ -272,10 +272,6 @@ impl Link {
     }
 }
 
-fn applied(seq: storage::Result<Seq>) -> storage::Result<Applied> {
-    seq.map(|last_applied| Applied { last_applied })
-}
-
 impl Counters for Link {
     fn prepare_all<'a>(
         &'a self,
@@ -312,7 +308,7 @@ impl Counters for Link {
         _items: usize,
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.call(to, "commit", move |p| {
-            async move { applied(p.commit(txid, seq).await) }.boxed()
+            async move { p.commit(txid, seq).await }.boxed()
         })
         .boxed()
     }
@@ -386,7 +382,7 @@ impl Counters for Link {
         entries: Vec<LogEntry>,
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.call(to, "apply log", move |p| {
-            async move { applied(p.apply_log(entries).await) }.boxed()
+            async move { p.apply_log(entries).await }.boxed()
         })
         .boxed()
     }
@@ -397,7 +393,7 @@ impl Counters for Link {
         items: Vec<Item>,
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.call(to, "import", move |p| {
-            async move { applied(p.import(items).await) }.boxed()
+            async move { p.import(items).await }.boxed()
         })
         .boxed()
     }
@@ -409,7 +405,7 @@ impl Counters for Link {
         txid: TxId,
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.call(to, "finish snapshot", move |p| {
-            async move { applied(p.finish_snapshot(seq, txid).await) }.boxed()
+            async move { p.finish_snapshot(seq, txid).await }.boxed()
         })
         .boxed()
     }

@@ -144,7 +144,8 @@ async fn metrics_show_live_figures_on_every_service() {
     assert_eq!(sample(&text, "dc_tenants_stored"), 2.0);
     assert!(sample(&text, "dc_last_applied_seq") >= 5.0);
     assert!(sample(&text, "dc_disk_bytes") > 0.0);
-    assert!(sample(&text, "dc_flush_duration_seconds_count{db=\"counter\"}") >= 10.0);
+    // One flush per round at least: the PREPARE's (a COMMIT is acknowledged before its flush).
+    assert!(sample(&text, "dc_flush_duration_seconds_count{db=\"counter\"}") >= 5.0);
     assert!(!text.contains("\"m\""), "metrics name a tenant");
 }
 

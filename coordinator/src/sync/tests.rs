@@ -163,11 +163,21 @@ impl Replica {
             node_id: id.to_owned(),
             cluster_id: None,
             last_applied: self.last_applied,
+            // Nothing is lost here: every write is as good as flushed.
+            durable: self.last_applied,
             last_txid: self.last_txid,
             log_floor: self.log_floor,
             prepared: self.prepared.len(),
             refused_calls: 0,
         }
+    }
+}
+
+/// A write's acknowledgement: this model loses nothing, so everything applied is durable.
+fn applied(last_applied: Seq) -> Applied {
+    Applied {
+        last_applied,
+        durable: last_applied,
     }
 }
 
@@ -300,10 +310,7 @@ impl Counters for Fake {
         seq: Seq,
         _items: usize,
     ) -> BoxFuture<'a, CallResult<Applied>> {
-        self.call("commit", to, move |r| {
-            r.commit(txid, seq)
-                .map(|last_applied| Applied { last_applied })
-        })
+        self.call("commit", to, move |r| r.commit(txid, seq).map(applied))
     }
 
     fn rollback<'a>(&'a self, _: &'a Target, _: TxId) -> BoxFuture<'a, CallResult<()>> {
@@ -346,8 +353,7 @@ impl Counters for Fake {
         entries: Vec<LogEntry>,
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.call("apply_log", to, move |r| {
-            r.apply_entries(&entries)
-                .map(|last_applied| Applied { last_applied })
+            r.apply_entries(&entries).map(applied)
         })
     }
 
@@ -360,9 +366,7 @@ impl Counters for Fake {
             for item in items {
                 r.items.insert(hex(&storage::keys::item_key(&item)), item);
             }
-            Ok(Applied {
-                last_applied: r.last_applied,
-            })
+            Ok(applied(r.last_applied))
         })
     }
 
@@ -373,9 +377,7 @@ impl Counters for Fake {
         txid: TxId,
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.call("finish_snapshot", to, move |r| {
-            Ok(Applied {
-                last_applied: r.finish_snapshot(seq, txid),
-            })
+            Ok(applied(r.finish_snapshot(seq, txid)))
         })
     }
 }
