@@ -94,9 +94,10 @@ logs:
 
 # One table: every counter's state, last applied seq, lag, failed health checks and items/s, asked
 # from the coordinator's internal listener with the cluster token: inside the compose cluster's
-# coordinator container when it runs, otherwise from the `make run` cluster (data/cluster-token).
+# coordinator container when it runs, otherwise from the `make run` cluster (data/cluster-token),
+# with the binary of the same PROFILE.
 status:
-	@if command -v docker-compose >/dev/null && [ -n "$$($(COMPOSE) ps -q coordinator 2>/dev/null)" ]; then 	  $(COMPOSE) exec -T coordinator /coordinator status; 	else 	  target/debug/coordinator status --url http://127.0.0.1:$$(( $(PORT) + 1 )) --cluster-token-file data/cluster-token; 	fi
+	@if command -v docker-compose >/dev/null && [ -n "$$($(COMPOSE) ps -q coordinator 2>/dev/null)" ]; then 	  $(COMPOSE) exec -T coordinator /coordinator status; 	else 	  CLUSTER_TOKEN_FILE=data/cluster-token target/$(PROFILE)/coordinator status --url http://127.0.0.1:$$(( $(PORT) + 1 )); 	fi
 
 # Deletes every service's data (stops the cluster first); the cluster token stays.
 clean-data: down
