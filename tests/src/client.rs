@@ -10,7 +10,7 @@ use crate::cluster::Cluster;
 use crate::history;
 
 /// A client that bypasses proxies, with a timeout far above any healthy answer.
-pub(crate) fn http_client() -> reqwest::Client {
+pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

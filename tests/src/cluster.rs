@@ -45,6 +45,11 @@ pub struct Cluster {
     pub token: String,
 }
 
+/// A port of 127.0.0.1 that is free now (for a process that must know its port before it starts).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A fresh cluster token: 32 random hex digits.
 pub fn random_token() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -57,8 +62,7 @@ impl Cluster {
     pub async fn start(options: Options) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         // The coordinator keeps its ports across restarts, as clients and counters know it by URL.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let internal_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let (port, internal_port) = (free_port()?, free_port()?);
         let mut args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),

@@ -22,8 +22,8 @@ pub mod load;
 pub mod process;
 pub mod sim;
 
-pub use client::{batch, encode, ApiClient};
-pub use cluster::{random_token, Cluster, Options};
+pub use client::{batch, encode, http_client, ApiClient};
+pub use cluster::{free_port, random_token, Cluster, Options};
 pub use data::{copy_dir, inspect};
 pub use load::{Load, LoadStats};
 pub use process::{bin, Service};

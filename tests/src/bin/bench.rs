@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,10 +195,7 @@ impl Backend {
     async fn connect(&self) -> Result<Conn> {
         match self {
             Backend::Http(url) => {
-                let client = reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(30))
-                    .build()?;
+                let client = dc_tests::http_client();
                 client
                     .get(format!("{url}/health"))
                     .send()
@@ -999,7 +996,7 @@ struct RedisServer {
 impl RedisServer {
     async fn start(exe: &Path) -> Result<RedisServer> {
         let dir = tempfile::Builder::new().prefix("bench-redis").tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = dc_tests::free_port()?;
         let child = Command::new(exe)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
