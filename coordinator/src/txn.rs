@@ -1,23 +1,36 @@
 //! The 2PC transaction manager.
 //!
 //! Client POSTs are queued; one sequencer task takes everything queued (up to `max_round_items`) and
-//! runs it as one round, so a round of disk syncs serves many requests (group commit). Rounds run one
-//! at a time under the round lock, which is also what a catch-up takes to join a counter to the write
-//! set between two rounds. A round:
+//! runs it as one round, so a round of disk syncs serves many requests (group commit). A round:
 //!
 //! 1. PREPARE to every in-sync counter in parallel. A counter that fails (NO, error, timeout) is marked
 //!    lagging, durably, and the round goes on with the others: they already hold the prepared record.
 //!    Fewer YES votes than `min_replicas` aborts the round (ROLLBACK, best effort; presumed abort).
 //! 2. The COMMIT decision with the next seq is logged and flushed: from here the transaction is
-//!    committed whatever crashes.
+//!    committed whatever crashes, and the clients are answered.
 //! 3. COMMIT to the YES voters in parallel; one that fails is marked lagging (it learns the outcome by
-//!    asking, or by catching up). Phase 2 is then finished and the clients are answered.
+//!    asking, or by catching up). Phase 2 is then marked finished.
 //!
-//! Once the decision is durable, and before any COMMIT goes out, the round's seq becomes the decided
-//! seq ([`TxnManager::decided_seq`]): a read that arrives from then on is served only by a counter that
-//! has applied it (see [`crate::reads`]), which is what makes reads linearizable. Every COMMIT
-//! acknowledgement tells the registry how far that counter got. A restarted coordinator first redoes
-//! phase 2 of every decision not marked finished ([`TxnManager::recover`]).
+//! **Two rounds overlap.** Phase 2 of round N runs while round N+1 prepares and logs its decision;
+//! the sequencer starts round N+2 only once phase 2 of round N is over, and round N+1's COMMITs go
+//! out only then, so counters still receive COMMITs in seq order (a counter refuses a gap) and at most
+//! two rounds are in flight. A PREPARE does not depend on the previous round's COMMIT: the prepared
+//! record is separate from the applied state, and the counter applies in seq order whatever arrives
+//! first. The disk syncs of one round (the counters' prepare flushes, the decision's flush) thus
+//! overlap the network time of the other's COMMITs.
+//!
+//! **Answering at the decision.** Once the decision is durable the outcome is fixed: every YES voter
+//! holds the prepared record on disk and a restarted coordinator redoes phase 2 before it serves
+//! ([`TxnManager::recover`]). So a client is answered then, not after phase 2. Its write is visible to
+//! every read that starts after the answer, because the round's seq became the decided seq
+//! ([`TxnManager::decided_seq`]) before the answer: a read is served only by a counter that has
+//! applied it (see [`crate::reads`]), which is what makes reads linearizable. Every COMMIT
+//! acknowledgement tells the registry how far that counter got.
+//!
+//! **Between rounds.** Rounds in flight hold the round lock shared; catch-up takes it exclusively
+//! ([`TxnManager::between_rounds`]) to join a counter to the write set when no round is in flight and
+//! every in-sync counter stands at the committed seq. The lock is write-preferring, so a waiting
+//! catch-up holds off the next round rather than waiting forever.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,14 +85,22 @@ struct Request {
     reply: oneshot::Sender<Result<Seq, RoundError>>,
 }
 
+/// A round whose COMMIT decision is durable: what its phase 2 needs.
+struct Decided {
+    txid: TxId,
+    seq: Seq,
+    participants: Vec<Target>,
+    items: usize,
+}
+
 pub struct TxnManager {
     store: CoordinatorStore,
     registry: Arc<Registry>,
     client: SharedCounters,
     min_replicas: usize,
-    /// Held for the whole of a round; catch-up takes it ([`TxnManager::between_rounds`]) to join a
-    /// counter between two rounds.
-    round_lock: tokio::sync::Mutex<()>,
+    /// Held shared by each round from its PREPARE to the end of its phase 2; catch-up takes it
+    /// exclusively ([`TxnManager::between_rounds`]) to join a counter between two rounds.
+    round_lock: Arc<tokio::sync::RwLock<()>>,
     /// The txid of the round collecting votes, if any: its outcome is not decided yet.
     voting: Mutex<Option<TxId>>,
     /// Seq of the last COMMIT decision made durable. Counters apply nothing beyond it, and a read must
@@ -104,7 +125,7 @@ impl TxnManager {
             registry,
             client,
             min_replicas: min_replicas.max(1),
-            round_lock: tokio::sync::Mutex::new(()),
+            round_lock: Arc::default(),
             voting: Mutex::new(None),
             decided_seq: AtomicU64::new(decided),
             queue,
@@ -131,10 +152,10 @@ impl TxnManager {
             .map_err(|_| RoundError::unknown("the round ended without an answer"))?
     }
 
-    /// Waits for the running round to end and holds off the next one while the guard lives: no commit
-    /// happens meanwhile, so every in-sync counter stands at the committed seq.
-    pub async fn between_rounds(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.round_lock.lock().await
+    /// Waits for the rounds in flight to end (phase 2 included) and holds off the next one while the
+    /// guard lives: no commit happens meanwhile, so every in-sync counter stands at the committed seq.
+    pub async fn between_rounds(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.round_lock.write().await
     }
 
     /// Seq of the last COMMIT decision made durable (0 before any).
@@ -146,10 +167,10 @@ impl TxnManager {
         &self.store
     }
 
-    /// On shutdown: waits (until `deadline`) for the running round to end, then holds the round lock
+    /// On shutdown: waits (until `deadline`) for the rounds in flight to end, then holds the round lock
     /// so that no other starts before the process exits.
     pub async fn quiesce(&self, deadline: tokio::time::Instant) {
-        match tokio::time::timeout_at(deadline, self.round_lock.lock()).await {
+        match tokio::time::timeout_at(deadline, self.round_lock.write()).await {
             Ok(guard) => std::mem::forget(guard),
             Err(_) => tracing::warn!("a round was still running at the shutdown timeout"),
         }
@@ -175,6 +196,8 @@ impl TxnManager {
     }
 
     async fn sequencer(self: Arc<Self>, mut rx: mpsc::Receiver<Request>, max_round_items: usize) {
+        // Phase 2 of the last decided round, while it runs.
+        let mut committing: Option<tokio::task::JoinHandle<()>> = None;
         while let Some(first) = rx.recv().await {
             let mut items = first.items;
             let mut replies = vec![first.reply];
@@ -190,7 +213,20 @@ impl TxnManager {
             let requests = replies.len();
             metrics::histogram!("dc_round_requests_size").record(requests as f64);
             metrics::histogram!("dc_round_items_size").record(items.len() as f64);
-            let result = self.round(items).await;
+            let in_flight = self.round_lock.clone().read_owned().await;
+            let txid = match self.store.next_txid() {
+                Ok(txid) => txid,
+                Err(e) => {
+                    abort_cause("storage");
+                    let e = RoundError::from(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("round", txid);
+            let result = self.decide(txid, items).instrument(span.clone()).await;
             let outcome = match &result {
                 Ok(_) => "committed",
                 Err(RoundError::OutcomeUnknown(_)) => "unknown",
@@ -198,27 +234,52 @@ impl TxnManager {
             };
             metrics::counter!("dc_rounds_total", "outcome" => outcome).increment(1);
             if let Err(e) = &result {
-                tracing::warn!(error = %e, requests, "round failed");
+                tracing::warn!(parent: &span, error = %e, requests, "round failed");
             }
             for reply in replies {
-                let _ = reply.send(result.clone());
+                let _ = reply.send(result.as_ref().map(|d| d.seq).map_err(Clone::clone));
             }
+            let Ok(decided) = result else { continue };
+            // This round's COMMITs go out after the previous round's: counters apply in seq order.
+            if let Some(previous) = committing.take() {
+                let _ = previous.await;
+            }
+            let me = self.clone();
+            committing = Some(tokio::spawn(
+                async move {
+                    let _in_flight = in_flight;
+                    me.finish(decided).await;
+                }
+                .instrument(span),
+            ));
+        }
+        if let Some(last) = committing {
+            let _ = last.await;
         }
     }
 
-    async fn round(&self, items: Vec<Item>) -> Result<Seq, RoundError> {
-        let _round = self.round_lock.lock().await;
-        let txid = self.store.next_txid()?;
+    /// Phase 1 and the decision of round `txid`, which is `voting` until decided.
+    async fn decide(&self, txid: TxId, items: Vec<Item>) -> Result<Decided, RoundError> {
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = Some(txid);
-        let result = self
-            .run(txid, items)
-            .instrument(tracing::info_span!("round", txid))
-            .await;
+        let result = self.run(txid, items).await;
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
         result
     }
 
-    async fn run(&self, txid: TxId, items: Vec<Item>) -> Result<Seq, RoundError> {
+    /// Phase 2 of a decided round; its clients have their answer already, so a failure here is
+    /// logged: the decision stays unfinished and is redone on the next start.
+    async fn finish(&self, round: Decided) {
+        let began = Instant::now();
+        match self
+            .phase2(round.txid, round.seq, &round.participants, round.items)
+            .await
+        {
+            Ok(()) => phase_done("commit", began),
+            Err(e) => tracing::warn!(error = %e, seq = round.seq, "phase 2 did not finish"),
+        }
+    }
+
+    async fn run(&self, txid: TxId, items: Vec<Item>) -> Result<Decided, RoundError> {
         // Phase 1.
         let participants = self.registry.in_sync();
         if participants.len() < self.min_replicas {
@@ -275,17 +336,15 @@ impl TxnManager {
         phase_done("decision_flush", began);
         crash::point("coordinator-after-decision");
         // Before any counter can apply it (phase 2, or an outcome query answered once `voting` is
-        // cleared): a read arriving from now on must see this round.
+        // cleared) and before any client hears of it: a read arriving from now on must see this round.
         self.decided_seq.fetch_max(seq, Ordering::SeqCst);
         *self.voting.lock().unwrap_or_else(|p| p.into_inner()) = None;
-
-        // Phase 2.
-        let began = Instant::now();
-        self.phase2(txid, seq, &yes, n_items)
-            .await
-            .map_err(RoundError::unknown)?;
-        phase_done("commit", began);
-        Ok(seq)
+        Ok(Decided {
+            txid,
+            seq,
+            participants: yes,
+            items: n_items,
+        })
     }
 
     /// Sends COMMIT to every participant; one that does not acknowledge leaves the write set. Ends with
@@ -349,7 +408,7 @@ impl TxnManager {
 
     /// On start, before serving: redoes phase 2 of every decision not marked finished.
     pub async fn recover(&self) -> Result<(), RoundError> {
-        let _round = self.round_lock.lock().await;
+        let _round = self.round_lock.write().await;
         for (txid, decision) in self.store.unfinished()? {
             let targets: Vec<Target> = decision
                 .participants
@@ -603,6 +662,8 @@ mod tests {
         let seq = f.txn.submit(items(3)).await.unwrap();
         assert_eq!(seq, 1);
         assert_eq!(f.registry.state("b"), Some(CounterState::Lagging));
+        // Answered at the decision; phase 2 ends before the round lock is free.
+        drop(f.txn.between_rounds().await);
         let commits = f.counters.calls("commit");
         assert_eq!(commits.len(), 2, "{commits:?}");
         assert!(commits.iter().all(|c| !c.contains(" b ")), "{commits:?}");
@@ -667,6 +728,7 @@ mod tests {
             },
         );
         assert_eq!(f.txn.submit(items(1)).await.unwrap(), 1);
+        drop(f.txn.between_rounds().await);
         assert_eq!(f.registry.state("c"), Some(CounterState::Lagging));
         assert_eq!(f.registry.state("a"), Some(CounterState::InSync));
         // Reads may only go where the round is known to be applied.

@@ -208,6 +208,39 @@ impl Cluster {
         self.internal_json(url).await
     }
 
+    /// Waits until every running counter in the write set has applied the committed seq; returns that
+    /// seq (a counter that does not answer is taken as not running).
+    /// A client is answered at the decision, so a round's COMMITs may still be on their way after its
+    /// POST returned: a member behind the committed seq is waited for, until `timeout`.
+    pub async fn applied_everywhere(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.view().await?;
+            let mut behind = None;
+            for (i, counter) in self.counters.iter().enumerate() {
+                let member = view.counters.iter().find(|m| m.url == counter.url());
+                if member.is_none_or(|m| m.state != MemberState::InSync) {
+                    continue;
+                }
+                let Ok(status) = self.counter_status(i).await else {
+                    continue;
+                };
+                let applied = status.last_applied;
+                if applied != view.committed_seq {
+                    behind = Some(format!(
+                        "counter {i} applied {applied} of {}",
+                        view.committed_seq
+                    ));
+                }
+            }
+            match behind {
+                None => return Ok(view.committed_seq),
+                Some(why) if Instant::now() > deadline => bail!(why),
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// Waits until every running counter is in sync at the coordinator's committed seq and all agree
     /// on the counts of `tenants`; returns those counts.
     pub async fn converged(
@@ -215,20 +248,15 @@ impl Cluster {
         tenants: &[String],
         timeout: Duration,
     ) -> Result<BTreeMap<String, u64>> {
+        let deadline = Instant::now() + timeout;
         let running: Vec<usize> = (0..self.counters.len())
             .filter(|&i| self.counters[i].is_running())
             .collect();
-        let view = self.wait_in_sync(running.len(), timeout).await?;
+        self.wait_in_sync(running.len(), timeout).await?;
+        self.applied_everywhere(deadline.saturating_duration_since(Instant::now()))
+            .await?;
         let mut expected: Option<BTreeMap<String, u64>> = None;
         for &i in &running {
-            let status = self.counter_status(i).await?;
-            if status.last_applied != view.committed_seq {
-                bail!(
-                    "counter {i} applied {} of {}",
-                    status.last_applied,
-                    view.committed_seq
-                );
-            }
             let mut counts = BTreeMap::new();
             for t in tenants {
                 counts.insert(t.clone(), self.counter_count(i, t).await?.count);

@@ -38,8 +38,9 @@ async fn incremental_catch_up_sends_only_the_missed_commits() {
     let h = History::new();
     api.write_acked(&h, "before", N, 3).await;
 
+    let committed = c.applied_everywhere(Duration::from_secs(10)).await.unwrap();
     let applied_before = c.counter_status(0).await.unwrap().last_applied;
-    assert_eq!(applied_before, c.view().await.unwrap().committed_seq);
+    assert_eq!(applied_before, committed);
     c.counters[0].kill();
     api.write_acked(&h, "missed", M, 3).await;
     let committed = c.view().await.unwrap().committed_seq;

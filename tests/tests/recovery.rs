@@ -156,6 +156,7 @@ async fn killed_counter_catches_up_after_restart() {
 
     // And it takes part in writes again.
     c.post_ok(&[("after", "r")]).await.unwrap();
+    c.applied_everywhere(CONVERGE).await.unwrap();
     assert_eq!(c.counter_count(0, "r").await.unwrap().count, 31);
 }
 
@@ -226,6 +227,7 @@ async fn coordinator_restart_keeps_registry_without_counter_restarts() {
 
     // Every counter took part in every write since the restarts (at the committed seq, never caught
     // up), under the same process, started once.
+    c.applied_everywhere(CONVERGE).await.unwrap();
     let view = c.view().await.unwrap();
     assert_eq!(view.committed_seq, before.committed_seq + 14);
     assert_eq!(
@@ -363,7 +365,7 @@ async fn in_doubt_abort_is_never_counted() {
 
     // All three back: writes work again, and the aborted items stay uncounted.
     c.post_ok(&[("real", "g2")]).await.unwrap();
-    assert_eq!(c.view().await.unwrap().committed_seq, seq + 1);
+    assert_eq!(c.applied_everywhere(CONVERGE).await.unwrap(), seq + 1);
     for i in 0..3 {
         assert_eq!(
             c.counter_count(i, "g2").await.unwrap().count,

@@ -25,6 +25,8 @@ struct Snapshot {
 
 /// The state of the cluster's first `counters` counters and the coordinator.
 async fn snapshot(c: &Cluster, counters: usize, tenants: &[&str]) -> Snapshot {
+    // The last write's COMMITs may still be on their way.
+    c.applied_everywhere(CONVERGE).await.unwrap();
     let view = c.view().await.unwrap();
     let mut applied = Vec::new();
     let mut counts = Vec::new();
@@ -281,6 +283,7 @@ async fn a_counter_with_a_wrong_token_never_joins() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.post_ok(&[("2", "t")]).await.unwrap();
+    c.applied_everywhere(CONVERGE).await.unwrap();
     let view = c.view().await.unwrap();
     assert_eq!(view.counters.len(), 1, "{view:?}");
     assert_eq!(

@@ -443,6 +443,8 @@ async fn commit_rounds(txn: &TxnManager, first: u64, n: u64) -> Seq {
         seq = txn.submit(batch(round)).await.unwrap();
         assert_eq!(seq, round, "one round per submit");
     }
+    // Answered at the decision: phase 2 is over once no round holds the lock.
+    drop(txn.between_rounds().await);
     seq
 }
 
