@@ -470,11 +470,25 @@ mod tests {
         commit_fails: bool,
     }
 
-    #[derive(Default)]
     struct Scripted {
         scripts: Mutex<BTreeMap<String, Script>>,
         /// Every call, as "kind node txid".
         calls: Mutex<Vec<String>>,
+        /// COMMITs are answered only as permits are added here.
+        commit_gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    /// More COMMITs than any test makes.
+    const GATE_OPEN: u32 = 1 << 20;
+
+    impl Default for Scripted {
+        fn default() -> Self {
+            Scripted {
+                scripts: Mutex::default(),
+                calls: Mutex::default(),
+                commit_gate: Arc::new(tokio::sync::Semaphore::new(GATE_OPEN as usize)),
+            }
+        }
     }
 
     impl Scripted {
@@ -543,7 +557,9 @@ mod tests {
         ) -> BoxFuture<'a, CallResult<Applied>> {
             self.log("commit", to, txid);
             let fails = self.script(&to.id).commit_fails;
+            let gate = self.commit_gate.clone();
             async move {
+                gate.acquire().await.expect("never closed").forget();
                 if fails {
                     Err(CallError::Unreachable("timed out".into()))
                 } else {
@@ -748,5 +764,74 @@ mod tests {
             0,
             "c has not made it durable"
         );
+    }
+
+    /// The txids of the calls of `kind`, in the order they were made.
+    fn txids(f: &Fixture, kind: &str) -> Vec<TxId> {
+        f.counters
+            .calls(kind)
+            .iter()
+            .map(|c| c.split(' ').nth(2).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// Waits (a bounded number of scheduler turns) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_is_answered_at_its_decision_and_prepares_while_the_previous_one_commits() {
+        let f = fixture(1);
+        // Take every permit: COMMITs hang until the test adds some.
+        let held = f
+            .counters
+            .commit_gate
+            .clone()
+            .acquire_many_owned(GATE_OPEN)
+            .await
+            .unwrap();
+        let txn = f.txn.clone();
+        let first = tokio::spawn(async move { txn.submit(items(1)).await });
+        // Answered while every COMMIT of its round is still unanswered.
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        until("round 1's COMMITs sent", || txids(&f, "commit").len() == 3).await;
+
+        let txn = f.txn.clone();
+        let second = tokio::spawn(async move { txn.submit(items(1)).await });
+        assert_eq!(
+            second.await.unwrap().unwrap(),
+            2,
+            "round 2 decided meanwhile"
+        );
+        let t1 = txids(&f, "commit")[0];
+        assert!(txids(&f, "prepare").iter().filter(|&&t| t > t1).count() == 3);
+        // Round 2's COMMITs wait for the end of round 1's phase 2; a third round waits too.
+        let txn = f.txn.clone();
+        let third = tokio::spawn(async move { txn.submit(items(1)).await });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(txids(&f, "commit"), vec![t1; 3], "round 2 committed early");
+        assert_eq!(txids(&f, "prepare").len(), 6, "a third round in flight");
+        let catch_up =
+            tokio::time::timeout(std::time::Duration::from_millis(50), f.txn.between_rounds());
+        assert!(
+            catch_up.await.is_err(),
+            "catch-up ran with rounds in flight"
+        );
+
+        drop(held);
+        assert_eq!(third.await.unwrap().unwrap(), 3);
+        drop(f.txn.between_rounds().await);
+        // Every counter heard the COMMITs in seq order.
+        let commits = txids(&f, "commit");
+        assert_eq!(commits.len(), 9);
+        assert!(commits.windows(2).all(|w| w[0] <= w[1]), "{commits:?}");
+        assert!(f.txn.store().unfinished().unwrap().is_empty());
     }
 }
