@@ -21,6 +21,7 @@ use coordinator::sync::Syncer;
 use coordinator::txn::{RoundError, TxnManager};
 use dc_tests::history::{History, Outcome};
 use dc_tests::sim::{FaultRates, Link, Net};
+use futures_util::future::join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage::proto::{MemberState, Outcome as TxOutcome};
@@ -178,31 +179,48 @@ async fn thousands_of_rounds_under_injected_faults_keep_every_invariant() {
         let roll = rng.random_range(0..100);
         let kind = match roll {
             0..=54 => {
-                // A write: to a hot tenant, or a batch of a tenant of its own.
-                let size = rng.random_range(1..5);
-                let tenant = if rng.random_bool(0.5) {
-                    format!("hot-{}", rng.random_range(0..HOT))
+                // Writes, one or a few at once (so that they share a round, or overlap the previous
+                // round's phase 2): each to a hot tenant, or a batch of a tenant of its own.
+                let concurrent = if rng.random_bool(0.3) {
+                    rng.random_range(2..5)
                 } else {
-                    format!("batch-{next_id}")
+                    1
                 };
-                let items: Vec<Item> = (0..size)
-                    .map(|k| Item {
-                        id: format!("{next_id}-{k}"),
-                        tenant: tenant.clone(),
-                    })
-                    .collect();
-                next_id += 1;
+                let mut batches = Vec::new();
+                for _ in 0..concurrent {
+                    let size = rng.random_range(1..5);
+                    let tenant = if rng.random_bool(0.5) {
+                        format!("hot-{}", rng.random_range(0..HOT))
+                    } else {
+                        format!("batch-{next_id}")
+                    };
+                    let items: Vec<Item> = (0..size)
+                        .map(|k| Item {
+                            id: format!("{next_id}-{k}"),
+                            tenant: tenant.clone(),
+                        })
+                        .collect();
+                    next_id += 1;
+                    batches.push(items);
+                }
                 let invoked = history.now();
-                let result = coordinator.txn.submit(items.clone()).await;
-                // A dead coordinator's answer never reaches its client.
-                let seen = if coordinator.link.alive() {
-                    outcome(&result)
-                } else {
-                    Outcome::Unknown
-                };
-                let pairs: Vec<(String, String)> =
-                    items.into_iter().map(|i| (i.id, i.tenant)).collect();
-                history.write(invoked, &pairs, seen);
+                let results = join_all(
+                    batches
+                        .iter()
+                        .map(|items| coordinator.txn.submit(items.clone())),
+                )
+                .await;
+                for (items, result) in batches.into_iter().zip(results) {
+                    // A dead coordinator's answer never reaches its client.
+                    let seen = if coordinator.link.alive() {
+                        outcome(&result)
+                    } else {
+                        Outcome::Unknown
+                    };
+                    let pairs: Vec<(String, String)> =
+                        items.into_iter().map(|i| (i.id, i.tenant)).collect();
+                    history.write(invoked, &pairs, seen);
+                }
                 "write"
             }
             55..=74 => {
