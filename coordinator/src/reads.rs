@@ -21,24 +21,50 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use storage::Seq;
+
 use crate::counters::SharedCounters;
 use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::txn::TxnManager;
 
+mod batch;
+#[cfg(test)]
+mod tests;
+
+use batch::Batcher;
+
 #[derive(Clone)]
 pub struct Reader {
-    pub registry: Arc<Registry>,
-    pub txn: Arc<TxnManager>,
-    pub client: SharedCounters,
+    registry: Arc<Registry>,
+    txn: Arc<TxnManager>,
+    batcher: Batcher,
     /// How long a read may wait for a counter to apply the last decided round.
-    pub wait: Duration,
+    wait: Duration,
 }
 
 impl Reader {
+    pub fn new(
+        registry: Arc<Registry>,
+        txn: Arc<TxnManager>,
+        client: SharedCounters,
+        wait: Duration,
+    ) -> Self {
+        Reader {
+            registry,
+            txn,
+            batcher: Batcher::new(client),
+            wait,
+        }
+    }
+
     /// The tenant's count, from a counter that has applied every commit decided before this call.
     pub async fn count(&self, tenant: &str) -> Result<u64, ApiError> {
-        let required = self.txn.decided_seq();
+        self.count_at(tenant, self.txn.decided_seq()).await
+    }
+
+    /// The tenant's count from a counter that has applied at least `required`.
+    async fn count_at(&self, tenant: &str, required: Seq) -> Result<u64, ApiError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         // Subscribed to acknowledgements only when no counter is ready: the common path stays a
         // lookup and one call.
@@ -49,7 +75,7 @@ impl Reader {
                 applied.borrow_and_update();
             }
             for target in self.registry.readers(required) {
-                let why = match self.client.count(&target, tenant).await {
+                let why = match self.batcher.count(&target, tenant).await {
                     Ok(answer) if answer.last_applied >= required => return Ok(answer.count),
                     // It acknowledged `required` before: this is not the replica we knew.
                     Ok(answer) => format!(
