@@ -85,10 +85,17 @@ impl Batcher {
                 }
             }
         };
-        // A task of its own makes the calls, so that a read given up (its client gone) never leaves
-        // the reads behind it waiting.
         if let Some(waiter) = idle {
-            tokio::spawn(self.clone().drive(to.clone(), vec![waiter]));
+            // No call in flight to `to`: this read makes one, for itself alone and at once, in its
+            // own task (a hand-over to another costs a wake-up, which an idle coordinator would pay
+            // on every read). The reads that queue meanwhile go on in a task of their own.
+            let mut lane = Lane {
+                batcher: self,
+                to,
+                open: true,
+            };
+            let failed = self.call(to, vec![waiter]).await.err();
+            lane.pass_on(failed);
         }
         answered.await.unwrap_or_else(|_| {
             Err(CallError::Unreachable(
@@ -99,36 +106,17 @@ impl Batcher {
 
     /// Calls counter `to` for `batch`, then for the reads that came meanwhile, until none waits.
     async fn drive(self, to: Target, mut batch: Vec<Waiter>) {
-        let mut lane = LaneGuard {
+        let mut lane = Lane {
             batcher: &self,
             to: &to,
-            closed: false,
+            open: true,
         };
         loop {
             let failed = self.call(&to, batch).await.err();
-            let mut lanes = self.lock();
-            let mut waiting = lanes.get_mut(&to).map(std::mem::take).unwrap_or_default();
-            if let Some(error) = failed {
-                lanes.remove(&to);
-                lane.closed = true;
-                drop(lanes);
-                // The counter just failed a call: the reads behind it fail over now, as if theirs
-                // had failed, rather than wait for another call to it.
-                for waiter in waiting {
-                    let _ = waiter.answer.send(Err(error.clone()));
-                }
-                return;
+            match lane.next_batch(failed) {
+                Some(next) => batch = next,
+                None => return,
             }
-            if waiting.is_empty() {
-                lanes.remove(&to);
-                lane.closed = true;
-                return;
-            }
-            if waiting.len() > MAX_COUNTS_TENANTS {
-                let rest = waiting.split_off(MAX_COUNTS_TENANTS);
-                lanes.insert(to.clone(), rest);
-            }
-            batch = waiting;
         }
     }
 
@@ -192,17 +180,63 @@ impl Batcher {
     }
 }
 
-/// Closes a lane whose task ends without closing it (a panic, or the runtime shutting down): its
-/// waiting reads are dropped, which answers them as failed, and the next read opens a new lane.
-struct LaneGuard<'a> {
+/// The right to call a counter, held by whoever makes the call in flight to it: the read that found
+/// it idle, then a task of [`Batcher::drive`]. Dropped while open (the read given up by its client
+/// mid-call, or a panic), it passes the waiting reads on to a new task, so none is left waiting.
+struct Lane<'a> {
     batcher: &'a Batcher,
     to: &'a Target,
-    closed: bool,
+    open: bool,
 }
 
-impl Drop for LaneGuard<'_> {
+impl Lane<'_> {
+    /// After a call: the next batch, at most [`MAX_COUNTS_TENANTS`] of the reads waiting, or `None`
+    /// when none waits, and the lane is closed. After a failed call the lane is closed too, and every
+    /// waiting read fails with the same error: the counter just failed, so they fail over now rather
+    /// than wait for another call to it.
+    fn next_batch(&mut self, failed: Option<CallError>) -> Option<Vec<Waiter>> {
+        let mut lanes = self.batcher.lock();
+        let mut waiting = lanes
+            .get_mut(self.to)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if failed.is_some() || waiting.is_empty() {
+            lanes.remove(self.to);
+            self.open = false;
+            drop(lanes);
+            if let Some(error) = failed {
+                for waiter in waiting {
+                    let _ = waiter.answer.send(Err(error.clone()));
+                }
+            }
+            return None;
+        }
+        if waiting.len() > MAX_COUNTS_TENANTS {
+            let rest = waiting.split_off(MAX_COUNTS_TENANTS);
+            lanes.insert(self.to.clone(), rest);
+        }
+        Some(waiting)
+    }
+
+    /// Hands the reads that queued during this call to a task that calls for them.
+    fn pass_on(&mut self, failed: Option<CallError>) {
+        if let Some(batch) = self.next_batch(failed) {
+            self.open = false;
+            let batcher = self.batcher.clone();
+            tokio::spawn(batcher.drive(self.to.clone(), batch));
+        }
+    }
+}
+
+impl Drop for Lane<'_> {
     fn drop(&mut self) {
-        if !self.closed {
+        if !self.open {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.pass_on(None);
+        } else {
+            // The runtime is going away: dropping the waiting reads answers them as failed.
             self.batcher.lock().remove(self.to);
         }
     }
