@@ -36,7 +36,8 @@ struct Waiter {
 }
 
 /// The counters with a call in flight, each with the reads waiting for the next call to it. A
-/// counter is in the map exactly while a task ([`Batcher::drive`]) is calling it.
+/// counter is in the map exactly while someone holds its [`Lane`]: the read that found it idle, for
+/// that read's own call, then a task of [`Batcher::drive`] for the reads that queued meanwhile.
 type Lanes = HashMap<Target, Vec<Waiter>>;
 
 #[derive(Clone)]

@@ -345,3 +345,54 @@ async fn a_failed_call_fails_over_every_read_in_it_and_behind_it() {
     assert_eq!(s.registry.state("c1"), Some(CounterState::Lagging));
     assert_eq!(s.registry.state("c2"), Some(CounterState::InSync));
 }
+
+#[tokio::test]
+async fn a_read_given_up_mid_call_passes_the_reads_behind_it_on() {
+    let s = setup(&["c1"], 2);
+    let to = target("c1");
+    let gate = s.fake.hold("c1");
+    // The first read makes the call itself; its client gives up while the call is out.
+    let first = {
+        let batcher = s.reader.batcher.clone();
+        let to = to.clone();
+        tokio::spawn(async move { batcher.count(&to, "gone").await })
+    };
+    while s.fake.calls_to("c1").is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let behind: Vec<_> = ["a", "bb", "ccc"]
+        .into_iter()
+        .map(|tenant| {
+            let batcher = s.reader.batcher.clone();
+            let to = to.clone();
+            tokio::spawn(async move { batcher.count(&to, tenant).await })
+        })
+        .collect();
+    until_waiting(&s.reader.batcher, &to, 3).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // The reads behind it went out as the next call at once, without waiting for another read.
+    let passed_on = async {
+        while s.fake.calls_to("c1").len() < 2 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), passed_on)
+        .await
+        .expect("the reads behind the abandoned call were left waiting");
+    gate.add_permits(10);
+    for (read, count) in behind.into_iter().zip([1, 2, 3]) {
+        assert_eq!(
+            read.await.unwrap().unwrap(),
+            Count {
+                count,
+                last_applied: 2
+            }
+        );
+    }
+    assert_eq!(
+        s.fake.calls_to("c1"),
+        [vec!["gone"], vec!["a", "bb", "ccc"]]
+    );
+    assert_eq!(s.reader.batcher.waiting(&to), 0);
+}
