@@ -101,3 +101,18 @@ fn tenant_limit(text: &str) -> Result<usize, String> {
         _ => Err(format!("expected a number of bytes from 1 to {max}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_limit_stays_within_what_counters_accept() {
+        assert_eq!(tenant_limit("256"), Ok(256));
+        assert_eq!(tenant_limit("1024"), Ok(storage::proto::MAX_TENANT_BYTES));
+        for refused in ["1025", "0", "-1", "many"] {
+            let error = tenant_limit(refused).unwrap_err();
+            assert!(error.contains("from 1 to 1024"), "{refused}: {error}");
+        }
+    }
+}
