@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use service::auth::{self, Auth};
 use service::observe;
 use storage::proto::{
-    paths, ClusterView, CountBody, MemberState, Outcome, OutcomeQuery, PublicStatus, RegisterReply,
-    RegisterRequest, StatusBody,
+    check_tenant, paths, ClusterView, CountBody, MemberState, Outcome, OutcomeQuery, PublicStatus,
+    RegisterReply, RegisterRequest, StatusBody,
 };
 use storage::CounterState;
 use utoipa_axum::router::OpenApiRouter;
@@ -138,13 +138,7 @@ async fn get_count(
 ) -> Result<Json<CountBody>, ApiError> {
     let Path(tenant) =
         tenant.map_err(|e| ApiError::BadRequest(format!("bad tenant in path: {e}")))?;
-    if tenant.len() > app.limits.max_tenant_bytes {
-        return Err(ApiError::BadRequest(format!(
-            "tenant is {} bytes long, at most {} allowed",
-            tenant.len(),
-            app.limits.max_tenant_bytes
-        )));
-    }
+    check_tenant(&tenant, app.limits.max_tenant_bytes).map_err(ApiError::BadRequest)?;
     Ok(Json(CountBody {
         count: app.reader.count(&tenant).await?,
     }))

@@ -13,7 +13,7 @@ use futures_util::future::{join_all, BoxFuture, FutureExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storage::proto::{
-    paths, Applied, ApplyLogRequest, CommitRequest, CounterCount, CounterStatus,
+    paths, Applied, ApplyLogRequest, CommitRequest, CounterStatus, Counts, CountsRequest,
     FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest, RollbackRequest,
     SnapshotPage, SnapshotQuery, Vote, CLUSTER_HEADER, NODE_HEADER,
 };
@@ -169,12 +169,12 @@ impl CounterClient {
         Ok(())
     }
 
-    async fn http_count(&self, to: &Target, tenant: &str) -> Result<CounterCount, CallError> {
-        let path = format!("{}/{}", paths::COUNT, percent_encode(tenant));
-        decode(
-            self.request(reqwest::Method::GET, to, &path, self.read_timeout)
-                .send()
-                .await?,
+    async fn http_counts(&self, to: &Target, tenants: Vec<String>) -> Result<Counts, CallError> {
+        self.post(
+            to,
+            paths::COUNTS,
+            &CountsRequest { tenants },
+            self.read_timeout,
         )
         .await
     }
@@ -282,12 +282,12 @@ impl Counters for CounterClient {
         self.http_rollback(to, txid).boxed()
     }
 
-    fn count<'a>(
+    fn counts<'a>(
         &'a self,
         to: &'a Target,
-        tenant: &'a str,
-    ) -> BoxFuture<'a, CallResult<CounterCount>> {
-        self.http_count(to, tenant).boxed()
+        tenants: Vec<String>,
+    ) -> BoxFuture<'a, CallResult<Counts>> {
+        self.http_counts(to, tenants).boxed()
     }
 
     fn status<'a>(&'a self, to: &'a Target) -> BoxFuture<'a, CallResult<CounterStatus>> {
@@ -336,17 +336,4 @@ impl Counters for CounterClient {
     ) -> BoxFuture<'a, CallResult<Applied>> {
         self.http_finish_snapshot(to, seq, txid).boxed()
     }
-}
-
-/// Percent-encodes everything but unreserved characters, so any tenant is one path segment.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

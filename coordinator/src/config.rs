@@ -58,8 +58,9 @@ pub struct Config {
     #[arg(long, env = "COORDINATOR_MAX_ID_BYTES", default_value_t = 256)]
     pub max_id_bytes: usize,
 
-    /// Longest accepted tenant, in bytes.
-    #[arg(long, env = "COORDINATOR_MAX_TENANT_BYTES", default_value_t = 256)]
+    /// Longest accepted tenant, in bytes: at most 1024, the longest a counter counts in a read batch
+    /// (`storage::proto::MAX_TENANT_BYTES`), so that no tenant accepted here is refused there.
+    #[arg(long, env = "COORDINATOR_MAX_TENANT_BYTES", default_value_t = 256, value_parser = tenant_limit)]
     pub max_tenant_bytes: usize,
 
     /// Most items accepted in one POST (413 beyond): one POST is one atomic round, and a round too
@@ -91,4 +92,27 @@ pub struct Config {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+fn tenant_limit(text: &str) -> Result<usize, String> {
+    let max = storage::proto::MAX_TENANT_BYTES;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of bytes from 1 to {max}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_limit_stays_within_what_counters_accept() {
+        assert_eq!(tenant_limit("256"), Ok(256));
+        assert_eq!(tenant_limit("1024"), Ok(storage::proto::MAX_TENANT_BYTES));
+        for refused in ["1025", "0", "-1", "many"] {
+            let error = tenant_limit(refused).unwrap_err();
+            assert!(error.contains("from 1 to 1024"), "{refused}: {error}");
+        }
+    }
 }

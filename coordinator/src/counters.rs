@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use storage::proto::{Applied, CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
+use storage::proto::{Applied, CounterStatus, Counts, LogPage, SnapshotPage, Vote};
 use storage::{Item, LogEntry, Seq, TxId};
 
 use crate::registry::Target;
@@ -25,6 +25,9 @@ pub enum CallError {
     /// An answer that is an error.
     #[error("answered {status}: {body}")]
     Refused { status: u16, body: String },
+    /// An answer that does not fit the call.
+    #[error("bad answer: {0}")]
+    Malformed(String),
 }
 
 pub type CallResult<T> = Result<T, CallError>;
@@ -50,11 +53,13 @@ pub trait Counters: Send + Sync {
 
     fn rollback<'a>(&'a self, to: &'a Target, txid: TxId) -> BoxFuture<'a, CallResult<()>>;
 
-    fn count<'a>(
+    /// The counts of `tenants` (each once, at most [`storage::proto::MAX_COUNTS_TENANTS`]), for the
+    /// reads waiting for this counter ([`crate::reads`]).
+    fn counts<'a>(
         &'a self,
         to: &'a Target,
-        tenant: &'a str,
-    ) -> BoxFuture<'a, CallResult<CounterCount>>;
+        tenants: Vec<String>,
+    ) -> BoxFuture<'a, CallResult<Counts>>;
 
     fn status<'a>(&'a self, to: &'a Target) -> BoxFuture<'a, CallResult<CounterStatus>>;
 

@@ -98,12 +98,12 @@ pub async fn run(
         config.health_attempts,
     ));
 
-    let reader = reads::Reader {
-        registry: registry.clone(),
-        txn: txn.clone(),
-        client: client.clone(),
-        wait: config.read_timeout,
-    };
+    let reader = reads::Reader::new(
+        registry.clone(),
+        txn.clone(),
+        client.clone(),
+        config.read_timeout,
+    );
     let app = api::App {
         txn,
         registry,

@@ -17,28 +17,72 @@
 //! k2`, and every replica holds the same items for the same prefix, so R2's count is at least R1's.
 //! The same bound gives freshness: a POST acknowledged before R2 started has a seq at most
 //! `D(start2)`. See ARCHITECTURE.md, "The read path".
+//!
+//! **Batched calls** ([`batch`]). Reads do not call counters one by one: the reads that arrive while a
+//! call to a counter is in flight wait and go together, as the next call to it, one
+//! `POST /internal/counts` for up to 256 tenants (each once) answered with one `last_applied` and a
+//! count per tenant. A read that finds no call in flight to its counter goes at once. The argument
+//! above holds for each read of a batch, because of the order of three events: the read takes its
+//! `required = D(start)`, and only then joins the counter's queue; the batch is taken from the queue
+//! when its call is sent, so after every read in it joined; the counter reads `last_applied`, then
+//! every count, after it received the call. So for each read of the batch, whatever its own `start`
+//! and `required`: `D(start) = required`; its count is that of a prefix `k >= last_applied` (read
+//! after it, commits applied in order; two counts of one batch may be of different prefixes, each
+//! bounded so); `k <= D(end)` (the counter read it before answering, so before the read ended, and
+//! never applies past the decided seq); and the read is served only if `last_applied >= required`. That is the bound `D(start) <= k <= D(end)` the proof needs; a read whose required seq
+//! the batch did not reach goes on as any stale answer does (the counter is marked lagging, the next
+//! is tried, or the read waits for an acknowledgement). Reads of one batch may have started at
+//! different times: each is judged on its own `required`, and a batch that serves an early read
+//! serves it a count at least as fresh as it needs. A failed call fails every read in it, and every
+//! read queued behind it, which all fail over as a failed single read does.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use storage::Seq;
 
 use crate::counters::SharedCounters;
 use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::txn::TxnManager;
 
+mod batch;
+#[cfg(test)]
+mod tests;
+
+use batch::Batcher;
+
 #[derive(Clone)]
 pub struct Reader {
-    pub registry: Arc<Registry>,
-    pub txn: Arc<TxnManager>,
-    pub client: SharedCounters,
+    registry: Arc<Registry>,
+    txn: Arc<TxnManager>,
+    batcher: Batcher,
     /// How long a read may wait for a counter to apply the last decided round.
-    pub wait: Duration,
+    wait: Duration,
 }
 
 impl Reader {
+    pub fn new(
+        registry: Arc<Registry>,
+        txn: Arc<TxnManager>,
+        client: SharedCounters,
+        wait: Duration,
+    ) -> Self {
+        Reader {
+            registry,
+            txn,
+            batcher: Batcher::new(client),
+            wait,
+        }
+    }
+
     /// The tenant's count, from a counter that has applied every commit decided before this call.
     pub async fn count(&self, tenant: &str) -> Result<u64, ApiError> {
-        let required = self.txn.decided_seq();
+        self.count_at(tenant, self.txn.decided_seq()).await
+    }
+
+    /// The tenant's count from a counter that has applied at least `required`.
+    async fn count_at(&self, tenant: &str, required: Seq) -> Result<u64, ApiError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         // Subscribed to acknowledgements only when no counter is ready: the common path stays a
         // lookup and one call.
@@ -49,7 +93,7 @@ impl Reader {
                 applied.borrow_and_update();
             }
             for target in self.registry.readers(required) {
-                let why = match self.client.count(&target, tenant).await {
+                let why = match self.batcher.count(&target, tenant).await {
                     Ok(answer) if answer.last_applied >= required => return Ok(answer.count),
                     // It acknowledged `required` before: this is not the replica we knew.
                     Ok(answer) => format!(

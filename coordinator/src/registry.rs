@@ -114,7 +114,7 @@ pub struct Registry {
 }
 
 /// A counter as the rest of the coordinator needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub id: NodeId,
     pub url: String,

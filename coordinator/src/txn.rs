@@ -456,7 +456,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use futures_util::future::{BoxFuture, FutureExt};
-    use storage::proto::{Applied, CounterCount, CounterStatus, LogPage, SnapshotPage};
+    use storage::proto::{Applied, CounterStatus, Counts, LogPage, SnapshotPage};
     use storage::{CounterState, LogEntry};
 
     use super::*;
@@ -577,11 +577,11 @@ mod tests {
             async { Ok(()) }.boxed()
         }
 
-        fn count<'a>(
+        fn counts<'a>(
             &'a self,
             _: &'a Target,
-            _: &'a str,
-        ) -> BoxFuture<'a, CallResult<CounterCount>> {
+            _: Vec<String>,
+        ) -> BoxFuture<'a, CallResult<Counts>> {
             unused()
         }
 

@@ -49,12 +49,12 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
             client: client.clone(),
             page_items: 100,
         },
-        reader: reads::Reader {
-            registry: registry.clone(),
-            txn: txn.clone(),
-            client: client.clone(),
-            wait: Duration::from_millis(200),
-        },
+        reader: reads::Reader::new(
+            registry.clone(),
+            txn.clone(),
+            client.clone(),
+            Duration::from_millis(200),
+        ),
         txn,
         registry,
         limits: items::Limits {

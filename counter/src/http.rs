@@ -3,16 +3,19 @@
 //! checked before anything else, then the node and cluster the call is meant for
 //! ([`check_identity`]). `/metrics` is open like `/health`: it holds aggregates only, no tenant.
 
-use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRef, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use storage::proto::{
-    paths, Applied, ApplyLogRequest, CommitRequest, CounterCount, CounterStatus,
-    FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest, RollbackRequest,
-    SnapshotPage, SnapshotQuery, StatusBody, Vote, CLUSTER_HEADER, NODE_HEADER,
+    check_tenant, paths, Applied, ApplyLogRequest, CommitRequest, CounterStatus, Counts,
+    CountsRequest, FinishSnapshotRequest, ImportRequest, LogPage, LogQuery, PrepareRequest,
+    RollbackRequest, SnapshotPage, SnapshotQuery, StatusBody, Vote, CLUSTER_HEADER,
+    MAX_COUNTS_BODY_BYTES, MAX_COUNTS_TENANTS, MAX_TENANT_BYTES, NODE_HEADER,
 };
 use storage::Error;
 
@@ -41,7 +44,11 @@ pub fn router(participant: Participant, auth: Auth, max_body_bytes: usize) -> Ro
         .route(paths::PREPARE, post(prepare))
         .route(paths::COMMIT, post(commit))
         .route(paths::ROLLBACK, post(rollback))
-        .route(&format!("{}/{{tenant}}", paths::COUNT), get(count))
+        // A read batch is small: its own limit, under the one of the write and sync bodies.
+        .route(
+            paths::COUNTS,
+            post(counts).layer(DefaultBodyLimit::max(MAX_COUNTS_BODY_BYTES)),
+        )
         .route(paths::LOG, get(log_page))
         .route(paths::SNAPSHOT, get(snapshot_page))
         .route(paths::APPLY_LOG, post(apply_log))
@@ -176,11 +183,52 @@ async fn rollback(
     Ok(Json(StatusBody::success()))
 }
 
-async fn count(
+/// The counts of a batch of tenants (the coordinator's reads waiting for this counter). The body is
+/// parsed here rather than by `Json`, so that every refusal is a JSON error that says why.
+async fn counts(
     State(p): State<Participant>,
-    Path(tenant): Path<String>,
-) -> ApiResult<CounterCount> {
-    Ok(Json(p.count(&tenant)?))
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Counts>, Response> {
+    let refuse =
+        |code: StatusCode, why: String| (code, Json(StatusBody::failed(why))).into_response();
+    let req = counts_request(body).map_err(|(code, why)| refuse(code, why))?;
+    p.counts(&req.tenants)
+        .map(Json)
+        .map_err(|e| ApiError(e).into_response())
+}
+
+/// A [`CountsRequest`] within the bounds: at most [`MAX_COUNTS_TENANTS`] tenants, each one the public
+/// API would accept.
+fn counts_request(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<CountsRequest, (StatusCode, String)> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {MAX_COUNTS_BODY_BYTES} bytes"),
+        ),
+        _ => (StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+    })?;
+    let req: CountsRequest = serde_json::from_slice(&body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!(r#"body is not {{"tenants": ["...", ...]}} ({e})"#),
+        )
+    })?;
+    if req.tenants.len() > MAX_COUNTS_TENANTS {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} tenants in one call, at most {MAX_COUNTS_TENANTS} allowed",
+                req.tenants.len()
+            ),
+        ));
+    }
+    for (i, tenant) in req.tenants.iter().enumerate() {
+        check_tenant(tenant, MAX_TENANT_BYTES)
+            .map_err(|why| (StatusCode::BAD_REQUEST, format!("tenant {i}: {why}")))?;
+    }
+    Ok(req)
 }
 
 async fn log_page(State(p): State<Participant>, Query(q): Query<LogQuery>) -> ApiResult<LogPage> {

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use storage::proto::{Applied, CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
+use storage::proto::{Applied, CounterStatus, Counts, LogPage, SnapshotPage, Vote};
 use storage::{crash, CounterStore, Error, Item, LogEntry, PrepareOutcome, Seq, TxId};
 
 #[derive(Clone)]
@@ -118,12 +118,16 @@ impl Participant {
         self.blocking(move |s| s.rollback(txid)).await
     }
 
-    /// `last_applied` is read first, so the count covers at least every commit up to it.
-    pub fn count(&self, tenant: &str) -> Result<CounterCount, Error> {
+    /// The counts of `tenants`, in order. `last_applied` is read first, so every count covers at least
+    /// every commit up to it (commits are applied in seq order, each in one sled transaction).
+    pub fn counts(&self, tenants: &[String]) -> Result<Counts, Error> {
         let last_applied = self.store.last_applied()?;
-        Ok(CounterCount {
-            count: self.store.count(tenant)?,
+        Ok(Counts {
             last_applied,
+            counts: tenants
+                .iter()
+                .map(|t| self.store.count(t))
+                .collect::<Result<_, _>>()?,
         })
     }
 

@@ -12,7 +12,7 @@ pub mod paths {
     pub const PREPARE: &str = "/internal/prepare";
     pub const COMMIT: &str = "/internal/commit";
     pub const ROLLBACK: &str = "/internal/rollback";
-    pub const COUNT: &str = "/internal/count";
+    pub const COUNTS: &str = "/internal/counts";
     pub const STATUS: &str = "/internal/status";
     pub const LOG: &str = "/internal/sync/log";
     pub const SNAPSHOT: &str = "/internal/sync/snapshot";
@@ -76,12 +76,47 @@ pub struct Applied {
     pub durable: Seq,
 }
 
-/// A counter's internal count answer. `last_applied` is read before the count, so the count includes
-/// at least every commit up to it; the coordinator uses it to refuse a stale answer.
+/// Most tenants in one [`CountsRequest`]: the coordinator batches the reads waiting for a counter up
+/// to this many, and a counter refuses a larger batch (413).
+pub const MAX_COUNTS_TENANTS: usize = 256;
+
+/// Longest tenant, in bytes, any part of the cluster accepts: the coordinator's `--max-tenant-bytes`
+/// may not exceed it, so that a counter never refuses a tenant the public API let through.
+pub const MAX_TENANT_BYTES: usize = 1024;
+
+/// Largest [`CountsRequest`] body a counter reads: the most tenants of the longest kind, each
+/// escaped at worst six bytes of JSON per byte (`\u0001`), with room for the punctuation.
+pub const MAX_COUNTS_BODY_BYTES: usize = MAX_COUNTS_TENANTS * (MAX_TENANT_BYTES * 6 + 4) + 64;
+
+/// A tenant as the public API accepts it: a non-empty string of at most `max_bytes` bytes of UTF-8.
+/// Also how a counter checks the tenants of a [`CountsRequest`] (with [`MAX_TENANT_BYTES`]).
+pub fn check_tenant(tenant: &str, max_bytes: usize) -> Result<(), String> {
+    if tenant.is_empty() {
+        return Err("tenant is empty".into());
+    }
+    if tenant.len() > max_bytes {
+        return Err(format!(
+            "tenant is {} bytes long, at most {max_bytes} allowed",
+            tenant.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Coordinator → counter: the counts of up to [`MAX_COUNTS_TENANTS`] tenants, for the reads that
+/// wait for this counter (see `coordinator/src/reads.rs`), each tenant once.
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct CounterCount {
-    pub count: u64,
+pub struct CountsRequest {
+    pub tenants: Vec<String>,
+}
+
+/// A counter's answer to a [`CountsRequest`]: one count per tenant, in the request's order, all
+/// read after `last_applied`. So every count includes at least every commit up to `last_applied`;
+/// the coordinator uses it to refuse a stale answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
     pub last_applied: Seq,
+    pub counts: Vec<u64>,
 }
 
 /// A counter's state, for health checks and sync.

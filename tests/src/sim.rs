@@ -23,7 +23,7 @@ use counter::participant::{unhex, Participant};
 use futures_util::future::{BoxFuture, FutureExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::proto::{Applied, CounterCount, CounterStatus, LogPage, SnapshotPage, Vote};
+use storage::proto::{Applied, CounterStatus, Counts, LogPage, SnapshotPage, Vote};
 use storage::{CounterStore, Item, LogEntry, Seq, TxId};
 
 /// How often each kind of fault hits a call.
@@ -334,14 +334,13 @@ impl Counters for Link {
         .boxed()
     }
 
-    fn count<'a>(
+    fn counts<'a>(
         &'a self,
         to: &'a Target,
-        tenant: &'a str,
-    ) -> BoxFuture<'a, CallResult<CounterCount>> {
-        let tenant = tenant.to_owned();
-        self.call(to, "count", move |p| {
-            async move { p.count(&tenant) }.boxed()
+        tenants: Vec<String>,
+    ) -> BoxFuture<'a, CallResult<Counts>> {
+        self.call(to, "counts", move |p| {
+            async move { p.counts(&tenants) }.boxed()
         })
         .boxed()
     }

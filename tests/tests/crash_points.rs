@@ -168,7 +168,7 @@ async fn counter_crash_before_an_acknowledged_commit_is_flushed() {
     c.wait_counter_in_sync(0, CONVERGE).await.unwrap();
     let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_eq!((counts["acked-0"], counts["next"]), (5, 5));
-    assert_eq!(c.counter_count(0, "acked-0").await.unwrap().count, 5);
+    assert_eq!(c.counter_count(0, "acked-0").await.unwrap(), 5);
 }
 
 /// Counter 0 misses `backlog` rounds of 3 items each while down, then restarts with `point` armed so
@@ -307,7 +307,7 @@ async fn coordinator_decision_crash(
     // periodic in-doubt check), can count the batch.
     let mut counting = 0;
     for i in 0..c.counters.len() {
-        match c.counter_count(i, "in-doubt").await.unwrap().count {
+        match c.counter_count(i, "in-doubt").await.unwrap() {
             0 => {}
             5 => counting += 1,
             n => panic!("counter {i} counts {n} of the 5 in-doubt items"),

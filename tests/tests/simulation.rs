@@ -74,12 +74,12 @@ impl Coordinator {
                 client: client.clone(),
                 page_items: 7,
             };
-            let reader = Reader {
-                registry: registry.clone(),
-                txn: txn.clone(),
+            let reader = Reader::new(
+                registry.clone(),
+                txn.clone(),
                 client,
-                wait: std::time::Duration::from_millis(50),
-            };
+                std::time::Duration::from_millis(50),
+            );
             return Coordinator {
                 link,
                 txn,
@@ -297,7 +297,7 @@ async fn thousands_of_rounds_under_injected_faults_keep_every_invariant() {
             "seed {seed}: counter {i}"
         );
         for t in &tenants {
-            let n = participant.count(t).unwrap().count;
+            let n = participant.store().count(t).unwrap();
             let agreed = *counts.entry(t.clone()).or_insert(n);
             assert_eq!(n, agreed, "seed {seed}: counter {i} counts {n} for {t}");
         }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::{join_all, BoxFuture, FutureExt};
-use storage::proto::{Applied, CounterCount, CounterStatus, SnapshotPage, Vote};
+use storage::proto::{Applied, CounterStatus, Counts, SnapshotPage, Vote};
 use storage::{CoordinatorStore, CounterState, Item, LogEntry, TxId};
 
 use super::*;
@@ -317,7 +317,7 @@ impl Counters for Fake {
         unused()
     }
 
-    fn count<'a>(&'a self, _: &'a Target, _: &'a str) -> BoxFuture<'a, CallResult<CounterCount>> {
+    fn counts<'a>(&'a self, _: &'a Target, _: Vec<String>) -> BoxFuture<'a, CallResult<Counts>> {
         unused()
     }
 

@@ -39,7 +39,7 @@ use dc_tests::encode;
 use dc_tests::history::{History, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::proto::{ClusterView, CounterCount, CounterStatus, MemberState};
+use storage::proto::{paths, ClusterView, CounterStatus, Counts, CountsRequest, MemberState};
 
 /// A progress line on stderr, stamped with UTC wall-clock time to match the services' logs.
 macro_rules! say {
@@ -852,6 +852,26 @@ async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &
         .with_context(|| format!("GET {url}: bad body"))
 }
 
+async fn post_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> Result<T> {
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("POST {url} answered {status}");
+    }
+    resp.json()
+        .await
+        .with_context(|| format!("POST {url}: bad body"))
+}
+
 /// A counter as the coordinator lists it, checked against its container.
 struct Member {
     node_id: String,
@@ -1002,12 +1022,13 @@ async fn final_counts(
                 // A missing count is reported by the history check.
                 let Some(count) = count else { continue };
                 for (node, url) in members.iter() {
-                    let url = format!("{url}/internal/count/{}", encode(&t));
-                    match get_json::<CounterCount>(&internal, &url).await {
-                        Ok(c) if c.count == count && c.last_applied == committed_seq => {}
+                    let url = format!("{url}{}", paths::COUNTS);
+                    let ask = CountsRequest { tenants: vec![t.clone()] };
+                    match post_json::<Counts>(&internal, &url, &ask).await {
+                        Ok(c) if c.counts == [count] && c.last_applied == committed_seq => {}
                         Ok(c) => problems.push(format!(
-                            "divergence: counter {node} counts {} for {t:?} at seq {}, the coordinator answered {count} at seq {committed_seq}",
-                            c.count, c.last_applied
+                            "divergence: counter {node} counts {:?} for {t:?} at seq {}, the coordinator answered {count} at seq {committed_seq}",
+                            c.counts, c.last_applied
                         )),
                         Err(e) => problems.push(format!("divergence: counter {node} did not answer for {t:?}: {e:#}")),
                     }
