@@ -29,8 +29,9 @@
 //! and `required`: `D(start) = required`; its count is that of a prefix `k >= last_applied` (read
 //! after it, commits applied in order; two counts of one batch may be of different prefixes, each
 //! bounded so); `k <= D(end)` (the counter read it before answering, so before the read ended, and
-//! never applies past the decided seq); and the read is served only if `last_applied >= required`. That is the bound `D(start) <= k <= D(end)` the proof needs; a read whose required seq
-//! the batch did not reach goes on as any stale answer does (the counter is marked lagging, the next
+//! never applies past the decided seq); and the read is served only if `last_applied >= required`.
+//! That is the bound `D(start) <= k <= D(end)` the proof needs; a read whose required seq the batch
+//! did not reach goes on as any stale answer does (the counter is marked lagging, the next
 //! is tried, or the read waits for an acknowledgement). Reads of one batch may have started at
 //! different times: each is judged on its own `required`, and a batch that serves an early read
 //! serves it a count at least as fresh as it needs. A failed call fails every read in it, and every

@@ -173,7 +173,7 @@ impl Registry {
     }
 
     /// Records that counter `id` has applied every commit up to `seq` (it said so: a COMMIT
-    /// acknowledgement, a status, a read answer, or the end of its catch-up).
+    /// acknowledgement, a status, or the end of its catch-up).
     pub fn note_applied(&self, id: &str, seq: Seq) {
         let grew = match self.lock().get_mut(id) {
             Some(m) if m.applied < seq => {
