@@ -168,7 +168,7 @@ case "$cmd" in
       [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] && break
       sleep 1
     done
-    say "removed stack $STACK; its data stays in the volumes ${STACK}_coordinator and ${STACK}_counter-N"
+    say "removed stack $STACK; its data stays in the volumes ${STACK}_coordinator and ${STACK}_counters (on each node)"
     ;;
   *)
     sed -n '2,15p' "$0" >&2
