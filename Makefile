@@ -7,7 +7,8 @@ PORT ?= 8080
 TEST_FEATURES = --features coordinator/crash-points,counter/crash-points
 
 .PHONY: test api-fuzz openapi run status build up down logs chaos clean-data bench fmt lint token \
-	stack-up stack-down stack-status stack-upgrade stack-rollback stack-chaos stack-upgrade-drill
+	stack-up stack-down stack-status stack-upgrade stack-rollback stack-chaos stack-upgrade-drill \
+	stack-two-node
 
 test:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
@@ -141,25 +142,33 @@ stack-down:
 stack-status:
 	$(STACK_ENV) ./scripts/stack.sh status
 
-# Rolling upgrade to this checkout's images under the tag UPGRADE_TAG: counters one task at a time,
-# each after the previous one is back in sync, then the coordinator. With several nodes, every node
-# needs the images first (a registry, or docker save | docker load).
-stack-upgrade: build
-	docker tag dc-coordinator:$(DC_TAG) dc-coordinator:$(UPGRADE_TAG)
-	docker tag dc-counter:$(DC_TAG) dc-counter:$(UPGRADE_TAG)
+# Rolling upgrade to this checkout's images, built under the tag UPGRADE_TAG (the running tag's images
+# stay as they are): counters one task at a time, each after the previous one is back in sync, then
+# the coordinator. With several nodes, every node needs the images first (a registry, or
+# docker save | docker load).
+stack-upgrade:
+	$(MAKE) build DC_TAG=$(UPGRADE_TAG)
 	$(STACK_ENV) ./scripts/stack.sh upgrade $(UPGRADE_TAG)
 
 # Back to the images before the last upgrade, the same way (docker service rollback).
 stack-rollback:
 	$(STACK_ENV) ./scripts/stack.sh rollback
 
-STACK_DRILL = CHAOS_URL=http://127.0.0.1:$(PORT) CHAOS_PLATFORM=swarm CHAOS_STACK=$(STACK) \
-	CHAOS_DOCKER_HOSTS=$(STACK_DOCKER_HOSTS) CHAOS_TOKEN_FILE=$(TOKEN_FILE) $(RELEASE_DIR)/chaos
+STACK_DRILL_ENV = CHAOS_URL=http://127.0.0.1:$(PORT) CHAOS_PLATFORM=swarm CHAOS_STACK=$(STACK) \
+	CHAOS_TOKEN_FILE=$(TOKEN_FILE)
+STACK_DRILL = $(STACK_DRILL_ENV) CHAOS_DOCKER_HOSTS=$(STACK_DOCKER_HOSTS) $(RELEASE_DIR)/chaos
 
 # The chaos drill on the stack: task containers killed and stopped (Swarm restarts them), a worker
 # node drained and reactivated when there is one; the same checks and summary line as make chaos.
 stack-chaos: stack-up
 	CHAOS_SECS=$(STACK_CHAOS_SECS) $(STACK_DRILL)
+
+# The two-node drill (root, Linux, iproute2): a second Docker engine on this machine, in a network
+# namespace of its own, joins the swarm as a worker; the counters must spread over both nodes, come
+# back in sync when the worker is drained, and pass the Swarm chaos drill across both (STACK_CHAOS_SECS,
+# worker drains included). The second engine is removed afterwards (scripts/second-node.sh down).
+stack-two-node: stack-up
+	CHAOS_SECS=$(STACK_CHAOS_SECS) $(STACK_ENV) ./scripts/two-node-drill.sh env $(STACK_DRILL_ENV) $(RELEASE_DIR)/chaos
 
 # The rolling upgrade drill, twice under the drill's write load, each followed by the drill's checks
 # (nothing lost, phantom or partial; replicas identical): the counters upgraded to UPGRADE_TAG and
