@@ -118,7 +118,10 @@ chaos: up
 # routing mesh). The stack uses the cluster token of TOKEN_FILE as a Swarm secret.
 STACK ?= dcounter
 STACK_NETWORKING ?= dnsrr
+# COUNTER_MAX_PER_NODE caps the counters one node runs (README, "Several machines").
+COUNTER_MAX_PER_NODE ?= $(COUNTER_SCALE)
 STACK_ENV = STACK=$(STACK) DC_TAG=$(DC_TAG) PORT=$(PORT) COUNTER_SCALE=$(COUNTER_SCALE) \
+	COUNTER_MAX_PER_NODE=$(COUNTER_MAX_PER_NODE) \
 	TOKEN_FILE=$(TOKEN_FILE) STACK_NETWORKING=$(STACK_NETWORKING) UP_TIMEOUT=$(STACK_TIMEOUT)
 STACK_TIMEOUT ?= 180
 # The tag `make stack-upgrade` moves the services to (the images of this checkout, tagged so).

@@ -12,12 +12,14 @@
 #   stack.sh down      removes the stack; its volumes (the data) and the swarm stay
 #
 # Settings, from the environment (make passes them): STACK, DC_TAG, PORT, COUNTER_SCALE, TOKEN_FILE,
-# STACK_NETWORKING (dnsrr or vip), UP_TIMEOUT (seconds).
+# COUNTER_MAX_PER_NODE (COUNTER_SCALE), STACK_NETWORKING (dnsrr or vip), UP_TIMEOUT (seconds);
+# WANT_COUNTERS, for `wait`: how many counters to wait for when fewer than the replicas can run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 : "${STACK:=dcounter}" "${DC_TAG:=latest}" "${PORT:=8080}" "${COUNTER_SCALE:=3}"
 : "${TOKEN_FILE:=volumes/cluster-token}" "${STACK_NETWORKING:=dnsrr}" "${UP_TIMEOUT:=180}"
+: "${COUNTER_MAX_PER_NODE:=$COUNTER_SCALE}"
 
 say() { echo "stack: $*" >&2; }
 
@@ -36,7 +38,7 @@ coordinator_container() {
 # counters in sync, each answering at the committed seq (the coordinator's status subcommand).
 wait_ready() {
   local want deadline=$((SECONDS + UP_TIMEOUT)) c out=""
-  want=$(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_counter")
+  want=${WANT_COUNTERS:-$(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_counter")}
   say "waiting for the coordinator and $want counters in sync..."
   while ((SECONDS < deadline)); do
     c=$(coordinator_container)
@@ -138,7 +140,7 @@ cmd="${1:-}"
 case "$cmd" in
   up)
     ensure_swarm
-    STACK="$STACK" DC_TAG="$DC_TAG" PORT="$PORT" COUNTER_SCALE="$COUNTER_SCALE" \
+    STACK="$STACK" DC_TAG="$DC_TAG" PORT="$PORT" COUNTER_SCALE="$COUNTER_SCALE" COUNTER_MAX_PER_NODE="$COUNTER_MAX_PER_NODE" \
       TOKEN_FILE="$(realpath "$TOKEN_FILE")" ENDPOINT_MODE="$ENDPOINT_MODE" PUBLISH_MODE="$PUBLISH_MODE" \
       docker stack deploy --prune --resolve-image never -c docker-stack.yml "$STACK"
     wait_ready

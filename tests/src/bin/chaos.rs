@@ -1390,12 +1390,15 @@ async fn drill() -> Result<bool> {
         report.violations.clear();
     }
     let final_counts = final_counts.unwrap_or_default();
-    if s.all_acknowledged && report.acknowledged != report.writes {
-        violations.entry("availability").or_default().push(format!(
-            "{} of {} writes not acknowledged",
-            report.writes - report.acknowledged,
-            report.writes
-        ));
+    if s.all_acknowledged {
+        let availability = violations.entry("availability").or_default();
+        if report.acknowledged != report.writes {
+            availability.push(format!(
+                "{} of {} writes not acknowledged",
+                report.writes - report.acknowledged,
+                report.writes
+            ));
+        }
     }
     violations
         .entry("history")
