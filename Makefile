@@ -6,7 +6,9 @@ PORT ?= 8080
 # Test builds compile in the crash points that tests use to kill a process at a named step.
 TEST_FEATURES = --features coordinator/crash-points,counter/crash-points
 
-.PHONY: test api-fuzz openapi run status build up down logs chaos clean-data bench fmt lint token
+.PHONY: test api-fuzz openapi run status build up down logs chaos clean-data bench fmt lint token \
+	stack-up stack-down stack-status stack-upgrade stack-rollback stack-chaos stack-upgrade-drill \
+	stack-two-node
 
 test:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
@@ -109,6 +111,79 @@ clean-data: down
 chaos: up
 	CHAOS_URL=http://127.0.0.1:$(PORT) CHAOS_PROJECT=$(COMPOSE_PROJECT) CHAOS_SECS=$(CHAOS_SECS) \
 	  CHAOS_TOKEN_FILE=$(TOKEN_FILE) $(RELEASE_DIR)/chaos
+
+# ---- Docker Swarm: the same images as a stack (docker-stack.yml), on one machine or several ----
+# STACK names the stack (its services, volumes and secret); STACK_NETWORKING is dnsrr (task addresses,
+# the public port published in host mode on the coordinator's node) or vip (virtual IPs and the
+# routing mesh). The stack uses the cluster token of TOKEN_FILE as a Swarm secret.
+STACK ?= dcounter
+STACK_NETWORKING ?= dnsrr
+# COUNTER_MAX_PER_NODE caps the counters one node runs (README, "Several machines").
+COUNTER_MAX_PER_NODE ?= $(COUNTER_SCALE)
+STACK_ENV = STACK=$(STACK) DC_TAG=$(DC_TAG) PORT=$(PORT) COUNTER_SCALE=$(COUNTER_SCALE) \
+	COUNTER_MAX_PER_NODE=$(COUNTER_MAX_PER_NODE) \
+	TOKEN_FILE=$(TOKEN_FILE) STACK_NETWORKING=$(STACK_NETWORKING) UP_TIMEOUT=$(STACK_TIMEOUT)
+STACK_TIMEOUT ?= 180
+# The tag `make stack-upgrade` moves the services to (the images of this checkout, tagged so).
+UPGRADE_TAG ?= $(DC_TAG)-next
+# Length of the Swarm chaos drill's fault phase, in seconds.
+STACK_CHAOS_SECS ?= 60
+# Engines of the swarm's nodes for the drills (docker -H hosts, the manager first); empty: this one.
+STACK_DOCKER_HOSTS ?=
+
+# Deploys (or updates) the stack; initializes a single-node swarm when the engine is in none, and
+# says so. Waits until COUNTER_SCALE counters are in sync. Scale later with
+# `docker service scale $(STACK)_counter=N`.
+stack-up: build token
+	$(STACK_ENV) ./scripts/stack.sh up
+
+# Removes the stack; its volumes (the data), the secret's source file and the swarm stay.
+stack-down:
+	$(STACK_ENV) ./scripts/stack.sh down
+
+# The stack's tasks, then the cluster's own view (the coordinator's status table).
+stack-status:
+	$(STACK_ENV) ./scripts/stack.sh status
+
+# Rolling upgrade to this checkout's images, built under the tag UPGRADE_TAG (the running tag's images
+# stay as they are): counters one task at a time, each after the previous one is back in sync, then
+# the coordinator. With several nodes, every node needs the images first (a registry, or
+# docker save | docker load).
+stack-upgrade:
+	$(MAKE) build DC_TAG=$(UPGRADE_TAG)
+	$(STACK_ENV) ./scripts/stack.sh upgrade $(UPGRADE_TAG)
+
+# Back to the images before the last upgrade, the same way (docker service rollback).
+stack-rollback:
+	$(STACK_ENV) ./scripts/stack.sh rollback
+
+STACK_DRILL_ENV = CHAOS_URL=http://127.0.0.1:$(PORT) CHAOS_PLATFORM=swarm CHAOS_STACK=$(STACK) \
+	CHAOS_TOKEN_FILE=$(TOKEN_FILE)
+STACK_DRILL = $(STACK_DRILL_ENV) CHAOS_DOCKER_HOSTS=$(STACK_DOCKER_HOSTS) $(RELEASE_DIR)/chaos
+
+# The chaos drill on the stack: task containers killed and stopped (Swarm restarts them), a worker
+# node drained and reactivated when there is one; the same checks and summary line as make chaos.
+stack-chaos: stack-up
+	CHAOS_SECS=$(STACK_CHAOS_SECS) $(STACK_DRILL)
+
+# The two-node drill (root, Linux, iproute2): a second Docker engine on this machine, in a network
+# namespace of its own, joins the swarm as a worker; the counters must spread over both nodes, come
+# back in sync when the worker is drained, and pass the Swarm chaos drill across both (STACK_CHAOS_SECS,
+# worker drains included). The second engine is removed afterwards (scripts/second-node.sh down).
+stack-two-node: stack-up
+	CHAOS_SECS=$(STACK_CHAOS_SECS) $(STACK_ENV) ./scripts/two-node-drill.sh env $(STACK_DRILL_ENV) $(RELEASE_DIR)/chaos
+
+# The rolling upgrade drill, twice under the drill's write load, each followed by the drill's checks
+# (nothing lost, phantom or partial; replicas identical): the counters upgraded to UPGRADE_TAG and
+# rolled back, while every write must be acknowledged; then the whole stack upgraded and rolled back
+# (the coordinator's restarts refuse writes for a moment).
+stack-upgrade-drill: stack-up
+	docker tag dc-coordinator:$(DC_TAG) dc-coordinator:$(UPGRADE_TAG)
+	docker tag dc-counter:$(DC_TAG) dc-counter:$(UPGRADE_TAG)
+	CHAOS_ALL_ACKNOWLEDGED=true CHAOS_DURING="$(STACK_ENV) ./scripts/stack.sh upgrade $(UPGRADE_TAG) counters \
+	  && $(STACK_ENV) ./scripts/stack.sh rollback counters" $(STACK_DRILL)
+	CHAOS_DURING="$(STACK_ENV) ./scripts/stack.sh upgrade $(UPGRADE_TAG) \
+	  && $(STACK_ENV) ./scripts/stack.sh rollback" $(STACK_DRILL)
 
 fmt:
 	cargo fmt --all

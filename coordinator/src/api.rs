@@ -226,10 +226,14 @@ async fn register(
     tracing::debug!(node = %req.node_id, url = %req.url, last_applied = req.last_applied, "registration");
     app.registry.register(&req.node_id, &req.url)?;
     app.txn.store().durable().await?;
-    if app.registry.state(&req.node_id) == Some(CounterState::Lagging) {
+    let state = app.registry.state(&req.node_id);
+    if state == Some(CounterState::Lagging) {
         app.syncer.spawn(req.node_id);
     }
-    Ok(Json(RegisterReply { cluster_id }))
+    Ok(Json(RegisterReply {
+        cluster_id,
+        in_sync: state == Some(CounterState::InSync),
+    }))
 }
 
 async fn outcome(

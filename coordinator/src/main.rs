@@ -32,9 +32,10 @@ async fn main() {
     let shutdown = service::observe::shutdown_signal();
     let cli: Cli = service::serve::parse_with_prefix("COORDINATOR");
     match &cli.command {
-        Some(Command::Healthcheck) => {
-            std::process::exit(service::serve::healthcheck(cli.config.listen.port()).await)
-        }
+        Some(Command::Healthcheck) => std::process::exit(
+            service::serve::healthcheck(cli.config.listen.port(), storage::proto::paths::HEALTH)
+                .await,
+        ),
         Some(Command::Status { url, json }) => {
             let url = url.clone().unwrap_or_else(|| {
                 format!("http://127.0.0.1:{}", cli.config.internal_listen.port())

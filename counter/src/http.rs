@@ -1,5 +1,5 @@
 //! The counter's internal HTTP API: parse, call [`Participant`], map errors. Only the coordinator
-//! calls it: every route but `/health` and `/metrics` requires the cluster token (`service::auth`),
+//! calls it: every route but `/health`, `/ready` and `/metrics` requires the cluster token (`service::auth`),
 //! checked before anything else, then the node and cluster the call is meant for
 //! ([`check_identity`]). `/metrics` is open like `/health`: it holds aggregates only, no tenant.
 
@@ -70,6 +70,7 @@ pub fn router(participant: Participant, auth: Auth, max_body_bytes: usize) -> Ro
         ));
     Router::new()
         .route(paths::HEALTH, get(health))
+        .route(paths::READY, get(ready))
         .route(paths::METRICS, get(metrics))
         .merge(internal)
         .with_state(app)
@@ -98,6 +99,17 @@ async fn metrics(State(p): State<Participant>) -> Response {
 /// Liveness for container health checks: open, and says nothing about the replica.
 async fn health() -> Json<StatusBody> {
     Json(StatusBody::success())
+}
+
+/// Readiness for rolling updates: 200 once the coordinator has counted this replica in sync since
+/// the process started (see [`Participant::mark_ready`]), 503 before. Open like `/health`.
+async fn ready(State(p): State<Participant>) -> (StatusCode, Json<StatusBody>) {
+    if p.ready() {
+        (StatusCode::OK, Json(StatusBody::success()))
+    } else {
+        let body = StatusBody::failed("not in sync with the coordinator since the start");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
 }
 
 /// Refuses a call meant for another node (see [`NODE_HEADER`]): this address may have belonged to

@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use storage::proto::paths;
 
 #[derive(Parser)]
 #[command(name = "counter", about = "Counter replica of the distributed counter")]
@@ -12,7 +13,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Exit 0 if the counter listening on --listen's port answers its health check (for containers).
-    Healthcheck,
+    Healthcheck {
+        /// Check readiness instead (`/ready`): in sync with the coordinator since the start. Swarm
+        /// holds a rolling update until the new task passes it (docker-stack.yml).
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 #[tokio::main]
@@ -20,8 +26,9 @@ async fn main() {
     // Before anything else: see `shutdown_signal`.
     let shutdown = service::observe::shutdown_signal();
     let cli: Cli = service::serve::parse_with_prefix("COUNTER");
-    if let Some(Command::Healthcheck) = cli.command {
-        std::process::exit(service::serve::healthcheck(cli.config.listen.port()).await);
+    if let Some(Command::Healthcheck { ready }) = cli.command {
+        let path = if ready { paths::READY } else { paths::HEALTH };
+        std::process::exit(service::serve::healthcheck(cli.config.listen.port(), path).await);
     }
     service::observe::init_tracing(cli.config.log_format);
     tracing::info!(config = ?cli.config, "starting");

@@ -22,6 +22,8 @@ pub struct Participant {
     stopping: Arc<AtomicBool>,
     /// PREPAREs between their check of `stopping` and their vote.
     preparing: Arc<AtomicUsize>,
+    /// Set once the coordinator has counted this replica in sync since the process started.
+    ready: Arc<AtomicBool>,
 }
 
 impl Participant {
@@ -30,7 +32,20 @@ impl Participant {
             store,
             stopping: Arc::default(),
             preparing: Arc::default(),
+            ready: Arc::default(),
         }
+    }
+
+    /// Records that the coordinator counted this replica in sync; true the first time. It stays ready for the life of the
+    /// process: readiness says "this replica has caught up since it started", which is what a rolling
+    /// update waits for, and a later outage of the coordinator must not make an orchestrator kill it.
+    pub fn mark_ready(&self) -> bool {
+        !self.ready.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether [`Self::mark_ready`] was called.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
     }
 
     /// From now on every PREPARE is answered NO.

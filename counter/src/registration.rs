@@ -5,6 +5,10 @@
 //! own. Before each registration it asks the coordinator for the outcome of every transaction it still
 //! holds prepared: after a crash those are in doubt, and only the coordinator may decide them.
 //!
+//! The answer says whether the coordinator counts the counter in sync; the first time it does, the
+//! counter becomes ready ([`Participant::mark_ready`], `GET /ready`), and until then it registers
+//! every half second.
+//!
 //! Every call carries the cluster token. The first registration that succeeds records the
 //! coordinator's cluster id in the replica; from then on the counter names it when it registers and
 //! refuses to serve a coordinator of another cluster (which refuses it too).
@@ -60,8 +64,9 @@ impl Registrar {
                     registered = false;
                 }
             }
-            // Retry sooner while the coordinator is unreachable.
-            let wait = if registered {
+            // Retry sooner while the coordinator is unreachable, and ask again soon while catching
+            // up, so readiness follows the end of the catch-up closely.
+            let wait = if registered && self.participant.ready() {
                 self.interval
             } else {
                 self.interval.min(Duration::from_millis(500))
@@ -102,6 +107,9 @@ impl Registrar {
         // A coordinator of another cluster that accepted us anyway (it checks too) is still refused.
         self.participant.store().join_cluster(&reply.cluster_id)?;
         self.participant.store().durable().await?;
+        if reply.in_sync && self.participant.mark_ready() {
+            tracing::info!("in sync: ready");
+        }
         Ok(())
     }
 

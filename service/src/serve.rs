@@ -109,10 +109,10 @@ pub fn protect(router: Router, args: &ServeArgs) -> Router {
     )
 }
 
-/// The `healthcheck` subcommand of both services (container health checks): 0 when `/health` of the
-/// service on this host's `port` answers 2xx within 3 s, 1 otherwise.
-pub async fn healthcheck(port: u16) -> i32 {
-    let url = format!("http://127.0.0.1:{port}{}", storage::proto::paths::HEALTH);
+/// The `healthcheck` subcommand of both services (container health checks): 0 when `path` (`/health`,
+/// or a counter's `/ready`) of the service on this host's `port` answers 2xx within 3 s, 1 otherwise.
+pub async fn healthcheck(port: u16, path: &str) -> i32 {
+    let url = format!("http://127.0.0.1:{port}{path}");
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(3))

@@ -26,6 +26,9 @@ pub mod paths {
 
     /// Liveness, on both services (no token).
     pub const HEALTH: &str = "/health";
+    /// Readiness of a counter (no token): 200 once the coordinator has counted it in sync since it
+    /// started, 503 before. Swarm's rolling updates wait on it (docker-stack.yml).
+    pub const READY: &str = "/ready";
     /// Prometheus metrics, on both services (no token: aggregates only, no tenant and no address).
     pub const METRICS: &str = "/metrics";
 }
@@ -198,10 +201,14 @@ pub struct RegisterRequest {
 }
 
 /// Coordinator → counter, answer to a registration: the cluster it joined, which the counter records
-/// (durably) and from then on requires.
+/// (durably) and from then on requires, and whether the counter is in the write and read sets now.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RegisterReply {
     pub cluster_id: ClusterId,
+    /// In sync as of this answer; a counter just registered is not, until its catch-up ends. Absent
+    /// (false) from a coordinator older than the field.
+    #[serde(default)]
+    pub in_sync: bool,
 }
 
 /// Counter → coordinator after a restart, for each transaction it holds prepared: the outcome.

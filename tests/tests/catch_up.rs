@@ -1,6 +1,6 @@
 //! Catch-up of lagging counters (ARCHITECTURE.md, "Catch-up"): incremental from the log,
 //! snapshot when the log was trimmed, writes flowing while a sync runs, rejoining without a restart,
-//! and write availability while a counter dies.
+//! write availability while a counter dies, and the readiness a rolling update waits for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use storage::proto::MemberState;
 
 use dc_tests::history::{History, Outcome};
-use dc_tests::{batch, Cluster, Load, Options};
+use dc_tests::{batch, bin, Cluster, Load, Options};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -337,4 +337,74 @@ async fn snapshot_catch_up_ends_under_a_steady_write_load() {
 
     let counts = c.converge_and_check(&h, CONVERGE).await;
     assert_all(&counts, "backlog", 100, 5);
+}
+
+/// `counter healthcheck [--ready]` as a container health check runs it: its exit status.
+fn healthcheck(c: &Cluster, i: usize, ready: bool) -> i32 {
+    let addr = c.counters[i].url().trim_start_matches("http://").to_owned();
+    let mut cmd = std::process::Command::new(bin("counter"));
+    cmd.arg("healthcheck")
+        .env("COUNTER_LISTEN", &addr)
+        .env("CLUSTER_TOKEN", &c.token);
+    if ready {
+        cmd.arg("--ready");
+    }
+    cmd.status()
+        .expect("run counter healthcheck")
+        .code()
+        .unwrap_or(-1)
+}
+
+async fn ready_status(c: &Cluster, i: usize) -> u16 {
+    let url = format!("{}/ready", c.counters[i].url());
+    c.http.get(url).send().await.unwrap().status().as_u16()
+}
+
+async fn wait_ready(c: &Cluster, i: usize) {
+    let deadline = Instant::now() + CONVERGE;
+    while ready_status(c, i).await != 200 {
+        assert!(Instant::now() < deadline, "counter {i} never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Readiness (`GET /ready`, `counter healthcheck --ready`), which Swarm's rolling updates wait on:
+/// a counter that cannot reach the coordinator is live but not ready; it turns ready only when the
+/// coordinator counts it in sync, holding every committed round; and it stays ready while the
+/// coordinator is down, so an orchestrator does not kill the replicas of a cluster whose coordinator
+/// restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_counter_is_ready_once_caught_up_and_stays_ready() {
+    let mut c = Cluster::start(Options {
+        counters: 1,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let api = c.api_client();
+    let h = History::new();
+    api.write_acked(&h, "before", 20, 5).await;
+    let committed = c.view().await.unwrap().committed_seq;
+    // It learns that it is in sync at its next registration.
+    wait_ready(&c, 0).await;
+
+    c.coordinator.kill();
+    let fresh = c.add_counter().await.unwrap();
+    // Without a coordinator nothing can make it ready: no wait hides a race here.
+    assert_eq!(ready_status(&c, fresh).await, 503);
+    assert_eq!(healthcheck(&c, fresh, true), 1, "healthcheck --ready");
+    assert_eq!(healthcheck(&c, fresh, false), 0, "liveness is unaffected");
+
+    c.start_coordinator(&[]).await.unwrap();
+    wait_ready(&c, fresh).await;
+    let applied = c.counter_status(fresh).await.unwrap().last_applied;
+    assert!(
+        applied >= committed,
+        "ready at seq {applied}, before the {committed} rounds committed before it started"
+    );
+    assert_eq!(healthcheck(&c, fresh, true), 0, "healthcheck --ready");
+
+    c.coordinator.kill();
+    assert_eq!(ready_status(&c, fresh).await, 200, "ready is kept");
+    assert_eq!(healthcheck(&c, fresh, true), 0, "healthcheck --ready");
 }

@@ -27,6 +27,13 @@
 //! cluster token from `--token-file`/`CHAOS_TOKEN_FILE` (`volumes/cluster-token`, where `make up`
 //! keeps it); the clients use only the public port.
 //!
+//! On a Swarm stack (`--platform swarm`, `make stack-chaos`) the drill finds the stack's task
+//! containers on every engine given, reaches their internal ports through each node's
+//! `docker_gwbridge`, and injects Swarm's faults instead (the [`swarm`] module): `docker kill` and
+//! `docker stop` of task containers, which Swarm replaces, and a drained and reactivated node when
+//! there are two. `--during CMD` runs a command under the load instead of any fault (the rolling
+//! upgrade drill). The checks and the summary line are the same.
+//!
 //! Settings: `chaos --help` (each flag has a `CHAOS_*` environment variable).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,9 +51,13 @@ use storage::proto::{paths, ClusterView, CounterStatus, Counts, CountsRequest, M
 /// A progress line on stderr, stamped with UTC wall-clock time to match the services' logs.
 macro_rules! say {
     ($($arg:tt)*) => {
-        eprintln!("chaos {}: {}", utc_now(), format!($($arg)*))
+        eprintln!("chaos {}: {}", $crate::utc_now(), format!($($arg)*))
     };
 }
+
+// After `say!`, which it uses.
+#[path = "chaos/swarm.rs"]
+mod swarm;
 
 fn utc_now() -> String {
     let t = SystemTime::now()
@@ -81,6 +92,24 @@ struct Settings {
     /// The compose project whose containers the drill kills.
     #[arg(long, env = "CHAOS_PROJECT", default_value = "dcounter")]
     project: String,
+    /// Where the cluster runs: `compose` (the project) or `swarm` (the stack).
+    #[arg(long, env = "CHAOS_PLATFORM", default_value = "compose")]
+    platform: String,
+    /// The Swarm stack, with `--platform swarm`.
+    #[arg(long, env = "CHAOS_STACK", default_value = "dcounter")]
+    stack: String,
+    /// With `--platform swarm`: the engines of the swarm's nodes, comma-separated `docker -H` hosts
+    /// (the first a manager); empty for this machine's engine only.
+    #[arg(long, env = "CHAOS_DOCKER_HOSTS", default_value = "")]
+    docker_hosts: String,
+    /// A shell command to run under the load instead of injecting faults (e.g. a rolling upgrade);
+    /// its failure is a violation.
+    #[arg(long, env = "CHAOS_DURING")]
+    during: Option<String>,
+    /// Every write must be acknowledged: for a `--during` command that keeps the coordinator up
+    /// (a rolling upgrade of the counters), under which the cluster must keep taking writes.
+    #[arg(long, env = "CHAOS_ALL_ACKNOWLEDGED")]
+    all_acknowledged: bool,
     /// Length of the fault phase, in seconds.
     #[arg(long, env = "CHAOS_SECS", default_value_t = 120)]
     secs: u64,
@@ -107,11 +136,25 @@ struct Settings {
 // Docker
 
 async fn docker(args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new("docker")
-        .args(args)
-        .output()
-        .await
-        .context("cannot run docker")?;
+    docker_on(None, args).await
+}
+
+/// A `docker` command against the engine `c` runs on.
+fn docker_command(c: &Container) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("docker");
+    if let Some(host) = &c.host {
+        cmd.args(["-H", host]);
+    }
+    cmd
+}
+
+/// `docker` against the engine `host` (`docker -H`), or the local one.
+async fn docker_on(host: Option<&str>, args: &[&str]) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("docker");
+    if let Some(host) = host {
+        cmd.args(["-H", host]);
+    }
+    let out = cmd.args(args).output().await.context("cannot run docker")?;
     if !out.status.success() {
         bail!(
             "docker {} failed: {}",
@@ -127,6 +170,84 @@ struct Container {
     id: String,
     name: String,
     service: String,
+    /// The engine it runs on (`docker -H`), `None` for the local one.
+    host: Option<String>,
+}
+
+/// Where the cluster runs: how the drill finds its containers and reaches their internal ports.
+enum Platform {
+    /// A compose project on the local engine.
+    Compose(String),
+    Swarm(swarm::Stack),
+}
+
+impl Platform {
+    /// The cluster's containers: every one of the compose project, running or not; a stack's
+    /// running task containers (Swarm replaces a task that stopped with a new container).
+    async fn containers(&self) -> Result<Vec<Container>> {
+        match self {
+            Platform::Compose(project) => containers(project).await,
+            Platform::Swarm(stack) => stack.containers(false).await,
+        }
+    }
+
+    /// Every container whose logs belong to the drill: a stack's stopped tasks too.
+    async fn logged_containers(&self) -> Result<Vec<Container>> {
+        match self {
+            Platform::Compose(project) => containers(project).await,
+            Platform::Swarm(stack) => stack.containers(true).await,
+        }
+    }
+
+    /// Each address a container has on the cluster's network (what a counter advertises), with the
+    /// address the drill reaches it at from here: the same on a compose network; on a Swarm node
+    /// its address on the node's `docker_gwbridge`, as the overlay is not routed to the host.
+    async fn addresses(&self, c: &Container) -> Result<Vec<(String, String)>> {
+        let ips = container_ips(c).await?;
+        match self {
+            Platform::Compose(_) => Ok(ips.into_iter().map(|ip| (ip.clone(), ip)).collect()),
+            Platform::Swarm(stack) => {
+                let reach = stack.gateway_ip(c).await?;
+                Ok(ips
+                    .into_iter()
+                    .filter(|ip| *ip != reach)
+                    .map(|ip| (ip, reach.clone()))
+                    .collect())
+            }
+        }
+    }
+
+    /// How many counters should run: a stack's replicas; `None` on compose (every container).
+    async fn wanted_counters(&self) -> Result<Option<usize>> {
+        match self {
+            Platform::Compose(_) => Ok(None),
+            Platform::Swarm(stack) => stack.replicas("counter").await.map(Some),
+        }
+    }
+
+    /// `docker events` filter and format naming what the start watch counts: a compose container by
+    /// name; a Swarm service by name, as every restart of a task is a new container.
+    fn start_events(&self) -> (Vec<Option<String>>, String, &'static str) {
+        match self {
+            Platform::Compose(project) => (
+                vec![None],
+                format!("label=com.docker.compose.project={project}"),
+                "{{.Actor.Attributes.name}}",
+            ),
+            Platform::Swarm(stack) => (
+                stack.hosts.clone(),
+                format!("label=com.docker.stack.namespace={}", stack.name),
+                "{{index .Actor.Attributes \"com.docker.swarm.service.name\"}}",
+            ),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Platform::Compose(project) => format!("compose project {project:?}"),
+            Platform::Swarm(stack) => format!("swarm stack {:?}", stack.name),
+        }
+    }
 }
 
 /// Every container of the compose project, running or not.
@@ -149,6 +270,7 @@ async fn containers(project: &str) -> Result<Vec<Container>> {
                 id: f.next()?.to_owned(),
                 name: f.next()?.to_owned(),
                 service: f.next()?.to_owned(),
+                host: None,
             })
         })
         .collect();
@@ -156,20 +278,25 @@ async fn containers(project: &str) -> Result<Vec<Container>> {
     Ok(list)
 }
 
-async fn is_running(id: &str) -> bool {
-    docker(&["inspect", "-f", "{{.State.Running}}", id])
-        .await
-        .is_ok_and(|s| s.trim() == "true")
+async fn is_running(c: &Container) -> bool {
+    docker_on(
+        c.host.as_deref(),
+        &["inspect", "-f", "{{.State.Running}}", &c.id],
+    )
+    .await
+    .is_ok_and(|s| s.trim() == "true")
 }
 
 /// The coordinator's internal API, at its container's current address.
-async fn coordinator_internal_url(project: &str) -> Result<String> {
-    let coordinator = containers(project)
+async fn coordinator_internal_url(platform: &Platform) -> Result<String> {
+    let coordinator = platform
+        .containers()
         .await?
         .into_iter()
         .find(|c| c.service == "coordinator")
         .context("no coordinator container")?;
-    let ip = container_ips(&coordinator.id)
+    let (_, ip) = platform
+        .addresses(&coordinator)
         .await?
         .into_iter()
         .next()
@@ -177,13 +304,16 @@ async fn coordinator_internal_url(project: &str) -> Result<String> {
     Ok(format!("http://{ip}:{COORDINATOR_INTERNAL_PORT}"))
 }
 
-async fn container_ips(id: &str) -> Result<Vec<String>> {
-    let out = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-        id,
-    ])
+async fn container_ips(c: &Container) -> Result<Vec<String>> {
+    let out = docker_on(
+        c.host.as_deref(),
+        &[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            &c.id,
+        ],
+    )
     .await?;
     Ok(out.split_whitespace().map(str::to_owned).collect())
 }
@@ -208,6 +338,8 @@ enum Fault {
     /// `docker stop` (SIGTERM) of a counter or the coordinator: it must exit 0 having finished what
     /// it started, leaving no transaction in doubt.
     Stop,
+    /// A Swarm worker node drained (its tasks rescheduled elsewhere), made active again later.
+    Drain,
 }
 
 impl Fault {
@@ -221,6 +353,7 @@ impl Fault {
             Fault::All => "all",
             Fault::Crash => "crash",
             Fault::Stop => "stop",
+            Fault::Drain => "drain",
         }
     }
 }
@@ -239,6 +372,24 @@ struct FaultLog {
     unclean_stops: Vec<String>,
     /// When the drill last started each container.
     started_at: BTreeMap<String, Instant>,
+    /// Why the `--during` command failed.
+    during_failed: Option<String>,
+}
+
+/// Runs `command` with `sh -c` while the clients write (instead of faults); a failure is recorded.
+async fn run_during(command: &str) -> Result<FaultLog> {
+    say!("running under the load: {command}");
+    let mut log = FaultLog::default();
+    let status = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .await
+        .context("cannot run the --during command")?;
+    say!("{command}: {status}");
+    if !status.success() {
+        log.during_failed = Some(format!("{command:?} failed: {status}"));
+    }
+    Ok(log)
 }
 
 /// Kills and restarts containers until `end`, then starts every container of the project again.
@@ -378,7 +529,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             Fault::CounterLong => pick_counters(1, &mut rng, true),
             Fault::TwoCounters => pick_counters(2, &mut rng, false),
             Fault::CoordinatorAndCounter => pick_counters(1, &mut rng, false),
-            Fault::Coordinator | Fault::Crash | Fault::Stop => {}
+            Fault::Coordinator | Fault::Crash | Fault::Stop | Fault::Drain => {}
             Fault::All => {
                 let mut pool = up.clone();
                 pool.sort_by_key(|c| c.name.clone());
@@ -419,7 +570,7 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
 
     // Heal: start every container that is not running (whoever stopped it).
     for c in containers(project).await? {
-        if !is_running(&c.id).await {
+        if !is_running(&c).await {
             start(&c, &mut log).await;
         }
     }
@@ -430,7 +581,11 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
 /// own word that it gave up waiting (open requests, a running round, transactions in doubt; the last
 /// is expected of a counter while the coordinator is down).
 async fn unclean_stop(c: &Container, since: u64, coordinator_down: bool) -> Result<Option<String>> {
-    let code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &c.id]).await?;
+    let code = docker_on(
+        c.host.as_deref(),
+        &["inspect", "-f", "{{.State.ExitCode}}", &c.id],
+    )
+    .await?;
     if code.trim() != "0" {
         return Ok(Some(format!(
             "{} exited with status {} on SIGTERM",
@@ -438,7 +593,7 @@ async fn unclean_stop(c: &Container, since: u64, coordinator_down: bool) -> Resu
             code.trim()
         )));
     }
-    let out = tokio::process::Command::new("docker")
+    let out = docker_command(c)
         .args(["logs", "--since", &since.to_string(), &c.id])
         .output()
         .await?;
@@ -508,7 +663,7 @@ async fn crash(c: &Container) -> Result<Crashed> {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]).await?;
-        if now != started && is_running(&c.id).await {
+        if now != started && is_running(c).await {
             return Ok(Crashed::Restarted);
         }
     }
@@ -518,45 +673,57 @@ async fn crash(c: &Container) -> Result<Crashed> {
 /// Follows `docker events` for the starts of the project's containers while the drill runs (the
 /// engine keeps only a short backlog of events, and health checks fill it quickly).
 struct StartWatch {
-    child: std::process::Child,
-    names: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// One `docker events` per engine.
+    children: Vec<std::process::Child>,
+    names: Vec<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Drop for StartWatch {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl StartWatch {
-    fn spawn(project: &str) -> Result<StartWatch> {
-        let mut child = std::process::Command::new("docker")
-            .args([
-                "events",
-                "--filter",
-                &format!("label=com.docker.compose.project={project}"),
-                "--filter",
-                "event=start",
-                "--format",
-                "{{.Actor.Attributes.name}}",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("cannot run docker events")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let names = std::thread::spawn(move || {
-            use std::io::BufRead;
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(|l| l.ok())
-                .collect()
-        });
-        Ok(StartWatch {
-            child,
-            names: Some(names),
-        })
+    fn spawn(platform: &Platform) -> Result<StartWatch> {
+        let (hosts, filter, format) = platform.start_events();
+        let mut watch = StartWatch {
+            children: Vec::new(),
+            names: Vec::new(),
+        };
+        for host in hosts {
+            let mut cmd = std::process::Command::new("docker");
+            if let Some(host) = &host {
+                cmd.args(["-H", host]);
+            }
+            let mut child = cmd
+                .args([
+                    "events",
+                    "--filter",
+                    &filter,
+                    "--filter",
+                    "event=start",
+                    "--format",
+                    format,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("cannot run docker events")?;
+            let stdout = child.stdout.take().context("no stdout")?;
+            watch.children.push(child);
+            watch.names.push(std::thread::spawn(move || {
+                use std::io::BufRead;
+                std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(|l| l.ok())
+                    .collect()
+            }));
+        }
+        Ok(watch)
     }
 
     /// Containers started more often than the drill caused: they stopped on their own and their
@@ -564,12 +731,15 @@ impl StartWatch {
     fn unexpected(mut self, log: &FaultLog) -> Vec<String> {
         // Let the last events arrive, then end our own `docker events`.
         std::thread::sleep(Duration::from_secs(1));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        let names = self.names.take().map(|n| n.join().unwrap_or_default());
-        for name in names.unwrap_or_default() {
-            *seen.entry(name.trim().to_owned()).or_default() += 1;
+        for names in std::mem::take(&mut self.names) {
+            for name in names.join().unwrap_or_default() {
+                *seen.entry(name.trim().to_owned()).or_default() += 1;
+            }
         }
         seen.into_iter()
             .filter_map(|(name, n)| {
@@ -875,19 +1045,20 @@ async fn post_json<T: serde::de::DeserializeOwned>(
 /// A counter as the coordinator lists it, checked against its container.
 struct Member {
     node_id: String,
+    /// Where the drill reaches it (its advertised URL, on a compose network).
     url: String,
 }
 
 /// Waits until the coordinator lists exactly the counter containers (by address), all in sync, and
 /// each counter reports the coordinator's committed seq itself. `internal` carries the cluster token.
 async fn converge(
-    project: &str,
+    platform: &Platform,
     internal: &reqwest::Client,
     timeout: Duration,
 ) -> Result<(ClusterView, Vec<Member>)> {
     let deadline = Instant::now() + timeout;
     loop {
-        let why = match converged_once(project, internal).await {
+        let why = match converged_once(platform, internal).await {
             Ok(Ok(done)) => return Ok(done),
             Ok(Err(why)) => why,
             Err(e) => format!("{e:#}"),
@@ -900,24 +1071,34 @@ async fn converge(
 }
 
 async fn converged_once(
-    project: &str,
+    platform: &Platform,
     internal: &reqwest::Client,
 ) -> Result<Result<(ClusterView, Vec<Member>), String>> {
-    let mut ips: BTreeMap<String, String> = BTreeMap::new();
-    let counters: Vec<Container> = containers(project)
+    // Advertised address -> (container name, address the drill reaches it at).
+    let mut ips: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let counters: Vec<Container> = platform
+        .containers()
         .await?
         .into_iter()
         .filter(|c| c.service == "counter")
         .collect();
-    for c in &counters {
-        if !is_running(&c.id).await {
-            return Ok(Err(format!("{} is not running", c.name)));
-        }
-        for ip in container_ips(&c.id).await? {
-            ips.insert(ip, c.name.clone());
+    if let Some(wanted) = platform.wanted_counters().await? {
+        if counters.len() != wanted {
+            return Ok(Err(format!(
+                "{} counter tasks run, {wanted} wanted",
+                counters.len()
+            )));
         }
     }
-    let base = coordinator_internal_url(project).await?;
+    for c in &counters {
+        if !is_running(c).await {
+            return Ok(Err(format!("{} is not running", c.name)));
+        }
+        for (ip, reach) in platform.addresses(c).await? {
+            ips.insert(ip, (c.name.clone(), reach));
+        }
+    }
+    let base = coordinator_internal_url(platform).await?;
     let view: ClusterView = get_json(internal, &format!("{base}/internal/cluster")).await?;
     if view.counters.len() != counters.len() {
         return Ok(Err(format!(
@@ -939,7 +1120,7 @@ async fn converged_once(
             .next()
             .unwrap_or_default()
             .to_owned();
-        let Some(name) = ips.get(&host) else {
+        let Some((name, reach)) = ips.get(&host) else {
             return Ok(Err(format!(
                 "{} advertises {}, no counter container's address",
                 c.node_id, c.url
@@ -950,8 +1131,8 @@ async fn converged_once(
                 "two counters advertise the address of {name}: {view:?}"
             )));
         }
-        let status: CounterStatus =
-            get_json(internal, &format!("{}/internal/status", c.url)).await?;
+        let url = c.url.replacen(&host, reach, 1);
+        let status: CounterStatus = get_json(internal, &format!("{url}/internal/status")).await?;
         if status.node_id != c.node_id {
             return Ok(Err(format!(
                 "{} answers at the address of {}",
@@ -966,7 +1147,7 @@ async fn converged_once(
         }
         members.push(Member {
             node_id: c.node_id.clone(),
-            url: c.url.clone(),
+            url,
         });
     }
     Ok(Ok((view, members)))
@@ -1054,15 +1235,15 @@ struct LogScan {
     errors: usize,
 }
 
-/// Panics and fatal start errors in the logs of every container of the project since `since`.
-async fn scan_logs(project: &str, since: u64) -> Result<LogScan> {
+/// Panics and fatal start errors in the logs of every container of the cluster since `since`.
+async fn scan_logs(platform: &Platform, since: u64) -> Result<LogScan> {
     let mut scan = LogScan {
         panics: Vec::new(),
         fatal: Vec::new(),
         errors: 0,
     };
-    for c in containers(project).await? {
-        let out = tokio::process::Command::new("docker")
+    for c in platform.logged_containers().await? {
+        let out = docker_command(&c)
             .args(["logs", "--since", &since.to_string(), &c.id])
             .output()
             .await?;
@@ -1124,22 +1305,26 @@ async fn drill() -> Result<bool> {
                 .collect(),
         )
         .build()?;
-    say!(
-        "seed {} (replay with CHAOS_SEED={}), {} s of faults, tenants {run}-*",
-        seed,
-        seed,
-        s.secs
-    );
+    let phase = match &s.during {
+        Some(command) => format!("{command:?} under the load"),
+        None => format!("{} s of faults", s.secs),
+    };
+    say!("seed {seed} (replay with CHAOS_SEED={seed}), {phase}, tenants {run}-*");
 
-    let all = containers(&s.project).await?;
+    let platform = match s.platform.as_str() {
+        "compose" => Platform::Compose(s.project.clone()),
+        "swarm" => Platform::Swarm(swarm::Stack::new(&s.stack, &s.docker_hosts)),
+        other => bail!("--platform is compose or swarm, not {other:?}"),
+    };
+    let all = platform.containers().await?;
     let n_counters = all.iter().filter(|c| c.service == "counter").count();
     if n_counters == 0 || !all.iter().any(|c| c.service == "coordinator") {
         bail!(
-            "compose project {:?} has no coordinator or no counter: run make up",
-            s.project
+            "{} has no coordinator or no counter: run make up (or make stack-up)",
+            platform.describe()
         );
     }
-    let (before, _) = converge(&s.project, &internal, Duration::from_secs(s.converge_secs))
+    let (before, _) = converge(&platform, &internal, Duration::from_secs(s.converge_secs))
         .await
         .context("the cluster is not ready before the drill")?;
     say!(
@@ -1181,9 +1366,13 @@ async fn drill() -> Result<bool> {
         )));
     }
 
-    let watch = StartWatch::spawn(&s.project)?;
+    let watch = StartWatch::spawn(&platform)?;
     let end = Instant::now() + Duration::from_secs(s.secs);
-    let faults = inject_faults(&s.project, seed, end).await;
+    let faults = match (&platform, &s.during) {
+        (_, Some(command)) => run_during(command).await,
+        (Platform::Compose(project), None) => inject_faults(project, seed, end).await,
+        (Platform::Swarm(stack), None) => swarm::inject_faults(stack, seed, end).await,
+    };
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -1191,7 +1380,7 @@ async fn drill() -> Result<bool> {
     let faults = faults?;
 
     let healed = Instant::now();
-    let converged = converge(&s.project, &internal, Duration::from_secs(s.converge_secs)).await;
+    let converged = converge(&platform, &internal, Duration::from_secs(s.converge_secs)).await;
     let converge_secs = healed.elapsed().as_secs_f64();
     let mut violations: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let (seq, divergences, final_counts) = match &converged {
@@ -1222,6 +1411,16 @@ async fn drill() -> Result<bool> {
         report.violations.clear();
     }
     let final_counts = final_counts.unwrap_or_default();
+    if s.all_acknowledged {
+        let availability = violations.entry("availability").or_default();
+        if report.acknowledged != report.writes {
+            availability.push(format!(
+                "{} of {} writes not acknowledged",
+                report.writes - report.acknowledged,
+                report.writes
+            ));
+        }
+    }
     violations
         .entry("history")
         .or_default()
@@ -1240,10 +1439,14 @@ async fn drill() -> Result<bool> {
             }
         }
     }
-    let logs = scan_logs(&s.project, since).await?;
+    let logs = scan_logs(&platform, since).await?;
     violations.entry("panics").or_default().extend(logs.panics);
     violations.entry("fatal").or_default().extend(logs.fatal);
-    let restarts = watch.unexpected(&faults);
+    // A command run under the load (an upgrade) starts containers the drill does not count.
+    let restarts = match s.during {
+        Some(_) => Vec::new(),
+        None => watch.unexpected(&faults),
+    };
     violations
         .entry("self-restarts")
         .or_default()
@@ -1256,6 +1459,9 @@ async fn drill() -> Result<bool> {
         .entry("unclean-stop")
         .or_default()
         .extend(faults.unclean_stops.iter().cloned());
+    if let Some(failed) = &faults.during_failed {
+        violations.entry("during").or_default().push(failed.clone());
+    }
 
     let mut why: Vec<(u64, String)> = client
         .failures
