@@ -27,6 +27,13 @@ pub enum CallError {
     Refused { status: u16, body: String },
 }
 
+impl CallError {
+    /// The counter answered `507`: its disk is full.
+    pub fn is_insufficient_storage(&self) -> bool {
+        matches!(self, CallError::Refused { status: 507, .. })
+    }
+}
+
 pub type CallResult<T> = Result<T, CallError>;
 
 /// The counters, as the coordinator calls them. Each call names the counter it means ([`Target`]).

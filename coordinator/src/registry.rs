@@ -30,6 +30,10 @@ struct Member {
     durable: Seq,
     /// Items it applied recently, for the operator's items/s.
     rate: Rate,
+    /// Its last failed call answered that its disk is full (`507`): it is alive and restarts itself
+    /// once space is freed, so it stays in the table, and a write refused for want of counters says
+    /// why.
+    disk_full: bool,
 }
 
 impl Member {
@@ -44,6 +48,7 @@ impl Member {
             applied: 0,
             durable: 0,
             rate: Rate::default(),
+            disk_full: false,
         }
     }
 
@@ -284,6 +289,7 @@ impl Registry {
             })
         });
         m.failed_checks = 0;
+        m.disk_full = false;
         if !known || m.record.url != url {
             if known {
                 tracing::info!(node = id, url, "counter moved");
@@ -310,7 +316,26 @@ impl Registry {
     pub fn check_passed(&self, id: &str) {
         if let Some(m) = self.lock().get_mut(id) {
             m.failed_checks = 0;
+            m.disk_full = false;
         }
+    }
+
+    /// Records that a call to `id` failed because its disk is full (or, `full` false, for another
+    /// reason). Returns whether that is news.
+    pub fn note_disk_full(&self, id: &str, full: bool) -> bool {
+        self.lock().get_mut(id).is_some_and(|m| {
+            let news = m.disk_full != full;
+            m.disk_full = full;
+            news && full
+        })
+    }
+
+    /// Counters out of the write set whose disk is full.
+    pub fn full_disks(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|m| m.disk_full && m.record.state != CounterState::InSync)
+            .count()
     }
 
     pub fn remove(&self, id: &str) -> storage::Result<()> {

@@ -12,7 +12,7 @@ pub mod participant;
 pub mod registration;
 pub mod slots;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
@@ -92,12 +92,23 @@ pub async fn run(
         &config.serve,
     )
     .layer(axum::middleware::from_fn(service::observe::track_http));
-    axum::serve(
+    let serving = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(settled)
-    .await?;
+    .with_graceful_shutdown(settled);
+    // A failed flush: every vote and catch-up call fails and the status answers the failure, so the
+    // coordinator takes this replica out of the write and read sets; once the disk takes writes again
+    // the process restarts in place, recovers what is on disk, registers and is caught up.
+    let reopen = {
+        let store = participant.store().clone();
+        let dir = store.dir().to_path_buf();
+        service::reopen::when_writable(async move { store.failed().await.reason }, dir)
+    };
+    tokio::select! {
+        served = serving.into_future() => served?,
+        e = reopen => anyhow::bail!("cannot restart to reopen the database: {e}"),
+    }
     participant.store().durable().await?;
     tracing::info!("stopped");
     Ok(())

@@ -48,15 +48,32 @@ impl Registrar {
 
     pub async fn run(self) {
         let mut registered = false;
+        // The last failure logged: the same failure again is not logged again.
+        let mut failing: Option<String> = None;
         loop {
+            if self.participant.store().failure().is_some() {
+                // Nothing to register while the database is unwritable: the process restarts once it
+                // is writable again (see `service::reopen`), and registers then.
+                tokio::time::sleep(self.interval).await;
+                continue;
+            }
             match self.round().await {
                 Ok(()) if !registered => {
                     tracing::info!(coordinator = %self.coordinator, url = %self.my_url, "registered");
                     registered = true;
+                    failing = None;
                 }
                 Ok(()) => {}
+                // The database failed meanwhile: said once, by the flusher.
+                Err(_) if self.participant.store().failure().is_some() => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, coordinator = %self.coordinator, "registration failed; will retry");
+                    let why = e.to_string();
+                    if failing.as_ref() != Some(&why) {
+                        tracing::warn!(error = %why, coordinator = %self.coordinator, "registration failed; will retry");
+                    } else {
+                        tracing::debug!(error = %why, "registration failed again");
+                    }
+                    failing = Some(why);
                     registered = false;
                 }
             }
