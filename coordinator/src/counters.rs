@@ -19,9 +19,12 @@ use crate::registry::Target;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// No answer: refused, reset, timed out.
+    /// No answer: refused, reset.
     #[error("{0}")]
     Unreachable(String),
+    /// No answer within the call's timeout: a counter too slow (starved of CPU, frozen) or cut off.
+    #[error("timed out: {0}")]
+    TimedOut(String),
     /// An answer that is an error.
     #[error("answered {status}: {body}")]
     Refused { status: u16, body: String },

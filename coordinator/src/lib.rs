@@ -73,6 +73,7 @@ pub async fn run(
         txn: txn.clone(),
         client: client.clone(),
         page_items: config.sync_page_items,
+        lock_budget: config.call_timeout,
     };
     // The decision log stays bounded: every health interval, what every counter made durable goes.
     {

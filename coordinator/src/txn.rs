@@ -369,6 +369,9 @@ impl TxnManager {
     ) -> Result<bool, RoundError> {
         let full = error.is_some_and(CallError::is_insufficient_storage);
         self.registry.note_disk_full(&target.id, full);
+        if matches!(error, Some(CallError::TimedOut(_))) {
+            self.registry.too_slow(&target.id, false);
+        }
         Ok(self.registry.mark_lagging(&target.id, why)?)
     }
 

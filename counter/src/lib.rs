@@ -19,7 +19,7 @@ use anyhow::Context;
 
 pub use config::Config;
 use participant::Participant;
-use registration::Registrar;
+use registration::{Advertised, Registrar};
 
 /// Runs the counter until `shutdown` resolves.
 pub async fn run(
@@ -47,19 +47,22 @@ pub async fn run(
     let registration = {
         let (participant, config, auth) = (participant.clone(), config.clone(), auth.clone());
         async move {
-            let my_url = match &config.advertise_url {
-                Some(url) => url.clone(),
-                None => format!(
-                    "http://{}",
-                    advertised_addr(local, &config.coordinator_url).await
-                ),
+            let advertised = match &config.advertise_url {
+                Some(url) => Advertised::Fixed(url.clone()),
+                None if !local.ip().is_unspecified() => {
+                    Advertised::Fixed(format!("http://{local}"))
+                }
+                None => Advertised::Route {
+                    local,
+                    at: advertised_addr(local, &config.coordinator_url).await,
+                },
             };
-            tracing::info!(url = %my_url, "advertising");
+            tracing::info!(url = %advertised.url(), "advertising");
             Registrar::new(
                 participant,
                 &auth,
                 config.coordinator_url.clone(),
-                my_url,
+                advertised,
                 config.register_interval,
                 config.call_timeout,
             )
@@ -143,7 +146,10 @@ async fn advertised_addr(local: SocketAddr, coordinator_url: &str) -> SocketAddr
 }
 
 /// This host's address on the route to the coordinator, from a socket of the family of `unspecified`.
-async fn route_to(unspecified: IpAddr, coordinator_url: &str) -> std::io::Result<IpAddr> {
+pub(crate) async fn route_to(
+    unspecified: IpAddr,
+    coordinator_url: &str,
+) -> std::io::Result<IpAddr> {
     let host = coordinator_host(coordinator_url).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

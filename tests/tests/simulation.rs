@@ -72,6 +72,8 @@ impl Coordinator {
                 txn: txn.clone(),
                 client: client.clone(),
                 page_items: 7,
+                // No budget: time is not what this test checks.
+                lock_budget: std::time::Duration::MAX,
             };
             let reader = Reader {
                 registry: registry.clone(),
