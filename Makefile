@@ -115,12 +115,17 @@ chaos: up
 	  CHAOS_TOKEN_FILE=$(TOKEN_FILE) CHAOS_FAULTS=$(CHAOS_FAULTS) \
 	  CHAOS_COUNTER_VOLUME=$(VOLUMES)/counters $(RELEASE_DIR)/chaos
 
-# A long run (SOAK_MINUTES, 30) of writers and readers on the `make up` cluster with a container
+# A long run (SOAK_MINUTES, 30) of writers and readers on the `make up` cluster (its counters'
+# log retention lowered to SOAK_LOG_RETENTION) with a container
 # killed every SOAK_FAULT_SECS (300): samples every service's RSS, open descriptors, bytes on disk and
 # bounded trees every SOAK_SAMPLE_SECS (60) into target/soak/soak.csv, plots them (matplotlib, in a
 # virtualenv under target/) into target/soak/soak.png, and fails if a series keeps growing. Not in CI.
 SOAK_MINUTES ?= 30
+# The counters' log retention for the soak's cluster: reached within minutes, so that the soak shows
+# the logs bounded rather than still filling up to the default 100,000.
+SOAK_LOG_RETENTION ?= 5000
 SOAK_VENV = target/soak-venv
+soak: export COUNTER_LOG_RETENTION = $(SOAK_LOG_RETENTION)
 soak: up
 	@test -x $(SOAK_VENV)/bin/python -a -f $(SOAK_VENV)/.matplotlib || { python3 -m venv $(SOAK_VENV) && \
 	  $(SOAK_VENV)/bin/pip install --quiet --disable-pip-version-check "matplotlib>=3.8,<4" && \

@@ -40,7 +40,7 @@ struct Settings {
     #[arg(long, env = "SOAK_FAULT_SECS", default_value_t = 300)]
     fault_secs: u64,
     /// Distinct ids per tenant the writers draw from.
-    #[arg(long, env = "SOAK_IDS", default_value_t = 50_000)]
+    #[arg(long, env = "SOAK_IDS", default_value_t = 5_000)]
     ids: u64,
     #[arg(long, env = "SOAK_WRITERS", default_value_t = 4)]
     writers: usize,
@@ -203,19 +203,20 @@ async fn get_text(http: &reqwest::Client, url: &str) -> Result<String> {
 }
 
 /// Slack of a series: how much its peak may rise from the first half to the last without counting
-/// as growth (noise: allocator arenas, a restart's replay, sled's segment rollover).
+/// as growth: 10 %, and at least a noise floor (allocator arenas, a restart's replay, sled's segment
+/// rollover; decisions pruned once per health interval). A series still filling up to its bound
+/// (a log below its retention) counts as growing: the run was too short to show the bound.
 fn slack(series: &str, first_peak: f64) -> f64 {
     let floor: f64 = if series.ends_with("rss_bytes") {
-        32.0 * 1024.0 * 1024.0
-    } else if series.ends_with("disk_bytes") {
         16.0 * 1024.0 * 1024.0
+    } else if series.ends_with("disk_bytes") {
+        8.0 * 1024.0 * 1024.0
     } else if series.ends_with("open_fds") {
-        16.0
+        8.0
     } else {
-        // Trees: retention and pruning work in batches of up to a health interval's worth.
-        2_000.0
+        200.0
     };
-    floor.max(first_peak * 0.15)
+    floor.max(first_peak * 0.10)
 }
 
 /// The series whose peak rose past its slack from the first half of the run (after warm-up) to
