@@ -1545,9 +1545,11 @@ async fn drill() -> Result<bool> {
             .find(|c| c.service == "counter")
             .context("no counter")?;
         let disk = DiskFull::set_up(counter, &s.counter_volume, &mut setup_log).await?;
-        converge(&s.project, &internal, Duration::from_secs(s.converge_secs))
-            .await
-            .context("the cluster did not converge after moving a slot onto a tmpfs")?;
+        let ready = converge(&s.project, &internal, Duration::from_secs(s.converge_secs)).await;
+        if let Err(e) = ready {
+            disk.take_down(&s.project).await?;
+            return Err(e.context("the cluster did not converge after moving a slot onto a tmpfs"));
+        }
         Some(disk)
     } else {
         None
@@ -1559,7 +1561,15 @@ async fn drill() -> Result<bool> {
     for t in tasks {
         let _ = t.await;
     }
-    let faults = faults?;
+    let faults = match faults {
+        Ok(faults) => faults,
+        Err(e) => {
+            if let Some(disk) = disk {
+                disk.take_down(&s.project).await?;
+            }
+            return Err(e);
+        }
+    };
 
     let healed = Instant::now();
     let converged = converge(&s.project, &internal, Duration::from_secs(s.converge_secs)).await;
@@ -1611,10 +1621,20 @@ async fn drill() -> Result<bool> {
             }
         }
     }
-    let logs = scan_logs(&s.project, since).await?;
+    let logs = scan_logs(&s.project, since).await;
+    let restarts = watch.unexpected(&faults);
+    // After the last look at the logs and the starts: putting the slot back stops and starts counters.
+    if let Some(disk) = disk {
+        if let Err(e) = disk.take_down(&s.project).await {
+            violations
+                .entry("cleanup")
+                .or_default()
+                .push(format!("{e:#}"));
+        }
+    }
+    let logs = logs?;
     violations.entry("panics").or_default().extend(logs.panics);
     violations.entry("fatal").or_default().extend(logs.fatal);
-    let restarts = watch.unexpected(&faults);
     violations
         .entry("self-restarts")
         .or_default()
@@ -1627,15 +1647,6 @@ async fn drill() -> Result<bool> {
         .entry("unclean-stop")
         .or_default()
         .extend(faults.unclean_stops.iter().cloned());
-
-    if let Some(disk) = disk {
-        if let Err(e) = disk.take_down(&s.project).await {
-            violations
-                .entry("cleanup")
-                .or_default()
-                .push(format!("{e:#}"));
-        }
-    }
 
     let mut why: Vec<(u64, String)> = client
         .failures
