@@ -6,7 +6,7 @@ PORT ?= 8080
 # Test builds compile in the crash points that tests use to kill a process at a named step.
 TEST_FEATURES = --features coordinator/crash-points,counter/crash-points
 
-.PHONY: test api-fuzz openapi run status build up down logs chaos clean-data bench fmt lint token \
+.PHONY: test api-fuzz openapi run status build up down logs chaos soak clean-data bench fmt lint token \
 	stack-up stack-down stack-status stack-upgrade stack-rollback stack-chaos stack-upgrade-drill \
 	stack-two-node
 
@@ -51,6 +51,9 @@ COMPOSE = PORT=$(PORT) BIND=$(BIND) DC_TAG=$(DC_TAG) DC_USER=$(DC_USER) \
 	COMPOSE_PROJECT_NAME=$(COMPOSE_PROJECT) docker-compose
 # Length of the chaos drill's fault phase, in seconds (CHAOS_SEED=<n> replays a fault schedule).
 CHAOS_SECS ?= 120
+# The drill's fault families: kill (docker kill/start, crashes, stops), pause, disconnect (from the
+# network), throttle (--cpus 0.05), diskfull (one counter's slot on a small tmpfs: needs root).
+CHAOS_FAULTS ?= kill,pause,disconnect,throttle,diskfull
 UP_TIMEOUT ?= 90
 LOGS_FLAGS ?= -f --no-color
 
@@ -106,11 +109,33 @@ clean-data: down
 	rm -rf $(VOLUMES)/coordinator $(VOLUMES)/counters
 
 # Concurrent clients on the published port while containers are docker-killed and started again,
-# then convergence and history checks; one summary line, non-zero exit on any violation. Uses the
-# cluster `make up` runs (and its data; the drill writes to tenants of its own).
+# paused, cut off the network, starved of CPU, or their disk filled (CHAOS_FAULTS), then convergence
+# and history checks; one summary line, non-zero exit on any violation. Uses the cluster `make up`
+# runs (and its data; the drill writes to tenants of its own).
 chaos: up
 	CHAOS_URL=http://127.0.0.1:$(PORT) CHAOS_PROJECT=$(COMPOSE_PROJECT) CHAOS_SECS=$(CHAOS_SECS) \
-	  CHAOS_TOKEN_FILE=$(TOKEN_FILE) $(RELEASE_DIR)/chaos
+	  CHAOS_TOKEN_FILE=$(TOKEN_FILE) CHAOS_FAULTS=$(CHAOS_FAULTS) \
+	  CHAOS_COUNTER_VOLUME=$(VOLUMES)/counters $(RELEASE_DIR)/chaos
+
+# A long run (SOAK_MINUTES, 30) of writers and readers on the `make up` cluster (its counters'
+# log retention lowered to SOAK_LOG_RETENTION) with a container
+# killed every SOAK_FAULT_SECS (300): samples every service's RSS, open descriptors, bytes on disk and
+# bounded trees every SOAK_SAMPLE_SECS (60) into target/soak/soak.csv, plots them (matplotlib, in a
+# virtualenv under target/) into target/soak/soak.png, and fails if a series keeps growing. Not in CI.
+SOAK_MINUTES ?= 30
+# The counters' log retention for the soak's cluster: reached within minutes, so that the soak shows
+# the logs bounded rather than still filling up to the default 100,000.
+SOAK_LOG_RETENTION ?= 5000
+SOAK_VENV = target/soak-venv
+soak: export COUNTER_LOG_RETENTION = $(SOAK_LOG_RETENTION)
+soak: up
+	@test -x $(SOAK_VENV)/bin/python -a -f $(SOAK_VENV)/.matplotlib || { python3 -m venv $(SOAK_VENV) && \
+	  $(SOAK_VENV)/bin/pip install --quiet --disable-pip-version-check "matplotlib>=3.8,<4" && \
+	  touch $(SOAK_VENV)/.matplotlib; }
+	SOAK_URL=http://127.0.0.1:$(PORT) SOAK_PROJECT=$(COMPOSE_PROJECT) SOAK_MINUTES=$(SOAK_MINUTES) \
+	  SOAK_TOKEN_FILE=$(TOKEN_FILE) SOAK_OUT=target/soak $(RELEASE_DIR)/soak; status=$$?; \
+	  $(SOAK_VENV)/bin/python scripts/soak-plot.py target/soak/soak.csv target/soak/soak.png && \
+	  echo "plot: target/soak/soak.png"; exit $$status
 
 # ---- Docker Swarm: the same images as a stack (docker-stack.yml), on one machine or several ----
 # STACK names the stack (its services, volumes and secret); STACK_NETWORKING is dnsrr (task addresses,

@@ -102,6 +102,7 @@ pub fn internal_router(app: App) -> Router {
         (status = 500, description = "Outcome unknown; re-sending is safe", body = StatusBody),
         (status = 503, description = "No quorum of counters, or overloaded; nothing was written", body = StatusBody),
         (status = 504, description = "Took too long; outcome unknown, re-sending is safe", body = StatusBody),
+        (status = 507, description = "No space left on the coordinator's disk or on every counter's; nothing was written, retry once space is freed", body = StatusBody),
     ))]
 async fn post_items(
     State(app): State<App>,

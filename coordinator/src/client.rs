@@ -35,7 +35,11 @@ pub struct CounterClient {
 
 impl From<reqwest::Error> for CallError {
     fn from(e: reqwest::Error) -> Self {
-        CallError::Unreachable(e.to_string())
+        if e.is_timeout() {
+            CallError::TimedOut(e.to_string())
+        } else {
+            CallError::Unreachable(e.to_string())
+        }
     }
 }
 

@@ -19,15 +19,25 @@ use crate::registry::Target;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// No answer: refused, reset, timed out.
+    /// No answer: refused, reset.
     #[error("{0}")]
     Unreachable(String),
+    /// No answer within the call's timeout: a counter too slow (starved of CPU, frozen) or cut off.
+    #[error("timed out: {0}")]
+    TimedOut(String),
     /// An answer that is an error.
     #[error("answered {status}: {body}")]
     Refused { status: u16, body: String },
     /// An answer that does not fit the call.
     #[error("bad answer: {0}")]
     Malformed(String),
+}
+
+impl CallError {
+    /// The counter answered `507`: its disk is full.
+    pub fn is_insufficient_storage(&self) -> bool {
+        matches!(self, CallError::Refused { status: 507, .. })
+    }
 }
 
 pub type CallResult<T> = Result<T, CallError>;

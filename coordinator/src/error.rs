@@ -30,6 +30,10 @@ pub enum ApiError {
     /// Local storage failed before any decision: nothing was written.
     #[error("storage failure")]
     Storage(String),
+    /// No room on a disk the write needs (the coordinator's, or every counter's): nothing was written.
+    /// Retry once space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl ApiError {
@@ -46,13 +50,17 @@ impl From<crate::txn::RoundError> for ApiError {
             RoundError::Unavailable(why) => ApiError::Unavailable(why),
             RoundError::OutcomeUnknown(why) => ApiError::Unknown(why),
             RoundError::Storage(why) => ApiError::Storage(why),
+            RoundError::InsufficientStorage(why) => ApiError::InsufficientStorage(why),
         }
     }
 }
 
 impl From<storage::Error> for ApiError {
     fn from(e: storage::Error) -> Self {
-        ApiError::Storage(e.to_string())
+        match crate::txn::RoundError::from(e) {
+            crate::txn::RoundError::InsufficientStorage(why) => ApiError::InsufficientStorage(why),
+            other => ApiError::Storage(other.to_string()),
+        }
     }
 }
 
@@ -65,6 +73,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unknown(_) | ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if let ApiError::Storage(cause) | ApiError::Unknown(cause) = &self {

@@ -1,7 +1,8 @@
 //! Health checks: every `interval`, each registered counter is asked for its status. A counter that
 //! fails leaves the write and read sets at once; after `attempts` failures in a row it is removed from
-//! the registration table (it comes back by registering again). A lagging counter that answers is
-//! caught up.
+//! the registration table (it comes back by registering again). A counter that answers that its disk
+//! is full (`507`) leaves the write and read sets but stays in the table: it is alive, and restarts
+//! itself once space is freed. A lagging counter that answers is caught up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +39,18 @@ pub async fn run(
                             syncer.spawn(target.id.clone());
                         }
                     }
+                    // Alive, but its disk is full: out of the write and read sets, but kept in the
+                    // table (it restarts itself once space is freed), and said once.
+                    Err(e) if e.is_insufficient_storage() => {
+                        if registry.note_disk_full(&target.id, true) {
+                            tracing::warn!(node = %target.id, error = %e, "counter's disk is full");
+                        }
+                        if let Err(e) = registry.mark_lagging(&target.id, "its disk is full") {
+                            tracing::error!(error = %e, "cannot update the registration table");
+                        }
+                    }
                     Err(e) => {
+                        registry.note_disk_full(&target.id, false);
                         let why = e.to_string();
                         let failed = registry.check_failed(&target.id);
                         tracing::warn!(node = %target.id, failed, error = %why, "health check failed");

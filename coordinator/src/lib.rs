@@ -73,6 +73,7 @@ pub async fn run(
         txn: txn.clone(),
         client: client.clone(),
         page_items: config.sync_page_items,
+        lock_budget: config.call_timeout,
     };
     // The decision log stays bounded: every health interval, what every counter made durable goes.
     {
@@ -81,6 +82,10 @@ pub async fn run(
             let mut ticker = tokio::time::interval(interval);
             loop {
                 ticker.tick().await;
+                if txn.store().failure().is_some() {
+                    // Unwritable until the restart that reopens it (see `service::reopen`).
+                    continue;
+                }
                 let txn = txn.clone();
                 match tokio::task::spawn_blocking(move || txn.prune_decisions(PRUNE_BATCH)).await {
                     Ok(Err(e)) => tracing::error!(error = %e, "cannot prune decisions"),
@@ -172,10 +177,18 @@ pub async fn run(
             tokio::time::sleep_until(deadline).await;
         }
     };
+    // A failed flush ends in a restart in place once the disk takes writes again; reads go on
+    // meanwhile (they need no disk here), writes are refused.
+    let reopen = {
+        let store = app.txn.store().clone();
+        let failed = async move { store.failed().await.reason };
+        service::reopen::when_writable(failed, config.data_dir.clone())
+    };
     tokio::select! {
         served = serving => { served?; }
         () = overdue => tracing::warn!(?timeout,
             "requests still open at the shutdown timeout; closing them"),
+        e = reopen => anyhow::bail!("cannot restart to reopen the database: {e}"),
     }
     let deadline = stopped
         .borrow()

@@ -30,6 +30,57 @@ struct Member {
     durable: Seq,
     /// Items it applied recently, for the operator's items/s.
     rate: Rate,
+    /// Its last failed call answered that its disk is full (`507`): it is alive and restarts itself
+    /// once space is freed, so it stays in the table, and a write refused for want of counters says
+    /// why.
+    disk_full: bool,
+    /// When it last joined the write set, and how long it must wait before the next catch-up may
+    /// put it back (see [`Rejoin`]).
+    rejoin: Rejoin,
+}
+
+/// The rule that keeps a slow replica from slowing every round: a counter whose call timed out in a
+/// round within [`Rejoin::STABLE`] of joining the write set, or whose catch-up ran out of time under
+/// the round lock, waits twice as long as the last time before its next catch-up, from
+/// [`Rejoin::FIRST`] up to [`Rejoin::MAX`]; one that stayed [`Rejoin::STABLE`] starts over. Each
+/// attempt costs the write path at most one call timeout (a PREPARE, or the final stretch of a
+/// catch-up), so the cost of a replica that stays slow decays instead of recurring every health
+/// interval. Other departures (a crash, a full disk, a NO vote) wait for nothing: a restarted
+/// process is not slow.
+#[derive(Debug, Clone, Default)]
+struct Rejoin {
+    joined: Option<tokio::time::Instant>,
+    backoff: std::time::Duration,
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl Rejoin {
+    const STABLE: std::time::Duration = std::time::Duration::from_secs(60);
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+    /// It was too slow: a call of a round timed out, or (`tried_to_join`) a catch-up ran out of
+    /// time. Returns the wait before the next catch-up.
+    fn too_slow(&mut self, tried_to_join: bool) -> std::time::Duration {
+        let now = tokio::time::Instant::now();
+        let recently = tried_to_join
+            || self
+                .joined
+                .is_some_and(|at| now.duration_since(at) < Self::STABLE);
+        self.backoff = if recently {
+            (self.backoff * 2).clamp(Self::FIRST, Self::MAX)
+        } else {
+            std::time::Duration::ZERO
+        };
+        self.not_before = Some(now + self.backoff);
+        self.joined = None;
+        self.backoff
+    }
+
+    fn may_rejoin(&self) -> bool {
+        self.not_before
+            .is_none_or(|t| tokio::time::Instant::now() >= t)
+    }
 }
 
 impl Member {
@@ -44,6 +95,8 @@ impl Member {
             applied: 0,
             durable: 0,
             rate: Rate::default(),
+            disk_full: false,
+            rejoin: Rejoin::default(),
         }
     }
 
@@ -260,6 +313,7 @@ impl Registry {
             let mut members = self.lock();
             if let Some(m) = members.get_mut(id) {
                 if m.record.state != CounterState::InSync {
+                    m.rejoin.joined = Some(tokio::time::Instant::now());
                     m.record.state = CounterState::InSync;
                     self.store.put_counter(id, &m.record)?;
                     tracing::info!(node = id, "counter in sync");
@@ -284,6 +338,7 @@ impl Registry {
             })
         });
         m.failed_checks = 0;
+        m.disk_full = false;
         if !known || m.record.url != url {
             if known {
                 tracing::info!(node = id, url, "counter moved");
@@ -310,7 +365,26 @@ impl Registry {
     pub fn check_passed(&self, id: &str) {
         if let Some(m) = self.lock().get_mut(id) {
             m.failed_checks = 0;
+            m.disk_full = false;
         }
+    }
+
+    /// Records that a call to `id` failed because its disk is full (or, `full` false, for another
+    /// reason). Returns whether that is news.
+    pub fn note_disk_full(&self, id: &str, full: bool) -> bool {
+        self.lock().get_mut(id).is_some_and(|m| {
+            let news = m.disk_full != full;
+            m.disk_full = full;
+            news && full
+        })
+    }
+
+    /// Counters out of the write set whose disk is full.
+    pub fn full_disks(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|m| m.disk_full && m.record.state != CounterState::InSync)
+            .count()
     }
 
     pub fn remove(&self, id: &str) -> storage::Result<()> {
@@ -318,6 +392,30 @@ impl Registry {
         self.store.remove_counter(id)?;
         tracing::warn!(node = id, "counter removed from the registration table");
         Ok(())
+    }
+
+    /// Whether a catch-up may put `id` back in the write set now (see [`Rejoin`]).
+    pub fn may_rejoin(&self, id: &str) -> bool {
+        self.lock().get(id).is_some_and(|m| m.rejoin.may_rejoin())
+    }
+
+    /// A call of a round to `id` timed out, or (`tried_to_join`) its catch-up ran out of time under
+    /// the round lock. Returns how long it waits before the next catch-up.
+    pub fn too_slow(&self, id: &str, tried_to_join: bool) -> std::time::Duration {
+        let wait = self
+            .lock()
+            .get_mut(id)
+            .map_or(std::time::Duration::ZERO, |m| {
+                m.rejoin.too_slow(tried_to_join)
+            });
+        if !wait.is_zero() {
+            tracing::warn!(
+                node = id,
+                ?wait,
+                "counter too slow; it waits before its next catch-up"
+            );
+        }
+        wait
     }
 
     /// Claims the right to run the catch-up of `id`: `None` if one already runs or it needs none. The
@@ -404,5 +502,40 @@ impl Registry {
             decisions_kept: self.store.decisions_kept(),
             counters,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Rejoin;
+
+    /// A counter that leaves the write set soon after joining waits twice as long each time, up to
+    /// the cap; one that stayed long enough starts over without a wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_keeps_leaving_waits_longer_each_time() {
+        let mut r = Rejoin::default();
+        // Never joined: the first departure costs no wait.
+        assert_eq!(r.too_slow(false), Duration::ZERO);
+        assert!(r.may_rejoin());
+        let mut expected = Rejoin::FIRST;
+        for _ in 0..8 {
+            r.joined = Some(tokio::time::Instant::now());
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(r.too_slow(false), expected);
+            assert!(!r.may_rejoin());
+            tokio::time::advance(expected).await;
+            assert!(r.may_rejoin());
+            expected = (expected * 2).min(Rejoin::MAX);
+        }
+        assert_eq!(expected, Rejoin::MAX);
+        // A catch-up that ran out of time counts as a failed join.
+        assert_eq!(r.too_slow(true), Rejoin::MAX);
+        // Stable for a while: the next departure starts over.
+        r.joined = Some(tokio::time::Instant::now());
+        tokio::time::advance(Rejoin::STABLE).await;
+        assert_eq!(r.too_slow(false), Duration::ZERO);
+        assert!(r.may_rejoin());
     }
 }

@@ -38,6 +38,8 @@ pub enum SyncError {
     Ahead(String, Seq, Seq),
     #[error("counter left the registry")]
     Gone,
+    #[error("the final stretch took more than {0:?} under the round lock; next try in {1:?} at the earliest")]
+    TooSlow(std::time::Duration, std::time::Duration),
     #[error("every source's log is trimmed past the counter; a snapshot must run before the last stretch")]
     Retry,
 }
@@ -76,6 +78,10 @@ pub struct Syncer {
     pub txn: Arc<TxnManager>,
     pub client: SharedCounters,
     pub page_items: usize,
+    /// How long the final stretch may hold the round lock (the call timeout: no longer than a slow
+    /// PREPARE would hold a round); past it the catch-up gives up, and the counter waits longer before
+    /// the next (see `registry::Rejoin`).
+    pub lock_budget: std::time::Duration,
 }
 
 impl Syncer {
@@ -85,6 +91,9 @@ impl Syncer {
         let span = tracing::info_span!("catch_up", node = %id);
         tokio::spawn(
             async move {
+                if !this.registry.may_rejoin(&id) {
+                    return;
+                }
                 if let Err(e) = this.run(&id).await {
                     tracing::warn!(error = %e, "catch-up failed; retried at the next health check or registration");
                 }
@@ -147,8 +156,32 @@ impl Syncer {
             }
         }
 
-        // Final stretch between two rounds: every in-sync counter stands at the committed seq.
+        // Final stretch between two rounds: every in-sync counter stands at the committed seq. Writes
+        // wait meanwhile, so it has a budget.
+        // (Not after writes outpaced a snapshot: then the rest of that snapshot must run under the
+        // lock, and holding writes back for it is the only way the counter ever catches up.)
         let _round = self.txn.between_rounds().await;
+        let budget = if outpaced {
+            std::time::Duration::MAX
+        } else {
+            self.lock_budget
+        };
+        match tokio::time::timeout(budget, self.final_stretch(id, generation, outpaced)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let wait = self.registry.too_slow(id, true);
+                Err(SyncError::TooSlow(self.lock_budget, wait))
+            }
+        }
+    }
+
+    /// The end of a catch-up, under the round lock: the last entries, then the promotion.
+    async fn final_stretch(
+        &self,
+        id: &str,
+        generation: u64,
+        outpaced: bool,
+    ) -> Result<(), SyncError> {
         let committed = self.txn.store().committed_seq()?;
         let target = self.target(id)?;
         let mut at = self.client.status(&target).await?.last_applied;

@@ -42,7 +42,7 @@ use storage::{crash, CoordinatorStore, Decision, Item, Seq, TxId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::counters::SharedCounters;
+use crate::counters::{CallError, SharedCounters};
 /// Why a round did not commit, by what the client must do about it. Mapped to HTTP in one place
 /// (`From<RoundError> for ApiError`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,11 +57,19 @@ pub enum RoundError {
     /// The coordinator's own storage failed before any decision: nothing was written.
     #[error("{0}")]
     Storage(String),
+    /// No room on the coordinator's disk, or on the disk of every counter that could have voted:
+    /// nothing was written. Retry once space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl From<storage::Error> for RoundError {
     fn from(e: storage::Error) -> Self {
-        RoundError::Storage(e.to_string())
+        if e.is_disk_full() {
+            RoundError::InsufficientStorage(format!("the coordinator's disk is full: {e}"))
+        } else {
+            RoundError::Storage(e.to_string())
+        }
     }
 }
 
@@ -284,25 +292,40 @@ impl TxnManager {
         let participants = self.registry.in_sync();
         if participants.len() < self.min_replicas {
             abort_cause("too_few_in_sync");
-            return Err(RoundError::Unavailable(format!(
+            let why = format!(
                 "{} counters in sync, {} needed",
                 participants.len(),
                 self.min_replicas
-            )));
+            );
+            let full = self.registry.full_disks();
+            if participants.len() + full >= self.min_replicas {
+                return Err(RoundError::InsufficientStorage(format!(
+                    "{why}: no space left on the data disk of {full} counters"
+                )));
+            }
+            return Err(RoundError::Unavailable(why));
         }
         let n_items = items.len();
+        let n_participants = participants.len();
         let began = Instant::now();
         let votes = self.client.prepare_all(&participants, txid, items).await;
         phase_done("prepare", began);
         let mut yes = Vec::new();
         let mut dropped = false;
+        // Counters whose PREPARE failed for want of disk space (507): when they are all that is
+        // missing, the client is told so.
+        let mut full = 0;
         for (target, vote) in participants.into_iter().zip(votes) {
             match vote {
                 Ok(Vote::Yes) => yes.push(target),
                 Ok(Vote::No { reason }) => {
-                    dropped |= self.drop_member(&target, &format!("voted NO: {reason}"))?
+                    dropped |= self.drop_member(&target, &format!("voted NO: {reason}"), None)?
                 }
-                Err(e) => dropped |= self.drop_member(&target, &format!("prepare failed: {e}"))?,
+                Err(e) => {
+                    full += usize::from(e.is_insufficient_storage());
+                    let why = format!("prepare failed: {e}");
+                    dropped |= self.drop_member(&target, &why, Some(&e))?
+                }
             }
         }
         if dropped {
@@ -314,11 +337,17 @@ impl TxnManager {
                 let (client, target) = (self.client.clone(), target.clone());
                 tokio::spawn(async move { client.rollback(&target, txid).await });
             }
-            return Err(RoundError::Unavailable(format!(
+            let why = format!(
                 "only {} counters could prepare, {} needed",
                 yes.len(),
                 self.min_replicas
-            )));
+            );
+            if full > 0 && yes.len() + full == n_participants {
+                return Err(RoundError::InsufficientStorage(format!(
+                    "{why}: no space left on the data disk of {full} counters"
+                )));
+            }
+            return Err(RoundError::Unavailable(why));
         }
 
         // Decision: forced to disk before anyone hears COMMIT.
@@ -379,7 +408,8 @@ impl TxnManager {
         let mut dropped = false;
         for (target, ack) in pending.iter().zip(acks) {
             if let Err(e) = ack {
-                dropped |= self.drop_member(target, &format!("commit of seq {seq} failed: {e}"))?;
+                let why = format!("commit of seq {seq} failed: {e}");
+                dropped |= self.drop_member(target, &why, Some(&e))?;
             }
         }
         if dropped {
@@ -389,7 +419,18 @@ impl TxnManager {
         Ok(())
     }
 
-    fn drop_member(&self, target: &Target, why: &str) -> Result<bool, RoundError> {
+    /// Takes a counter out of the write set after a NO vote or a failed call (`error`).
+    fn drop_member(
+        &self,
+        target: &Target,
+        why: &str,
+        error: Option<&CallError>,
+    ) -> Result<bool, RoundError> {
+        let full = error.is_some_and(CallError::is_insufficient_storage);
+        self.registry.note_disk_full(&target.id, full);
+        if matches!(error, Some(CallError::TimedOut(_))) {
+            self.registry.too_slow(&target.id, false);
+        }
         Ok(self.registry.mark_lagging(&target.id, why)?)
     }
 
@@ -399,6 +440,12 @@ impl TxnManager {
     pub fn outcome(&self, txid: TxId) -> storage::Result<Outcome> {
         if *self.voting.lock().unwrap_or_else(|p| p.into_inner()) == Some(txid) {
             return Ok(Outcome::Pending);
+        }
+        // After a failed flush the store's memory may hold a decision that never reached the disk,
+        // which a restart forgets: no answer until the restart (checked after `voting`, which a
+        // round clears only after its flush failed).
+        if let Some(failure) = self.store.failure() {
+            return Err(failure.error());
         }
         Ok(match self.store.decision(txid)? {
             Some(d) => Outcome::Committed { seq: d.seq },

@@ -48,6 +48,8 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
             txn: txn.clone(),
             client: client.clone(),
             page_items: 100,
+            // No budget: time is not what this test checks.
+            lock_budget: std::time::Duration::MAX,
         },
         reader: reads::Reader::new(
             registry.clone(),

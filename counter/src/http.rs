@@ -138,7 +138,8 @@ fn refusal(p: &Participant, headers: &axum::http::HeaderMap) -> Option<String> {
     None
 }
 
-/// A storage error as the coordinator sees it: 409 for "you asked out of order", 500 otherwise.
+/// A storage error as the coordinator sees it: 409 for "you asked out of order", 507 for a full disk,
+/// 503 for a database that failed otherwise, 500 for anything else.
 pub struct ApiError(Error);
 
 impl From<Error> for ApiError {
@@ -155,6 +156,12 @@ impl IntoResponse for ApiError {
             | Error::LogTrimmed { .. }
             | Error::OtherCluster { .. }
             | Error::Diverged { .. } => StatusCode::CONFLICT,
+            // Logged once, by the flusher, when it failed: not on every refused call.
+            Error::Unwritable {
+                disk_full: true, ..
+            } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Unwritable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ if self.0.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
             _ => {
                 tracing::error!(error = %self.0, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -166,7 +173,12 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Fails while the database is unwritable: the coordinator's health check then keeps this replica out
+/// of the write and read sets and starts no catch-up that could not be stored.
 async fn status(State(app): State<App>) -> ApiResult<CounterStatus> {
+    if let Some(failure) = app.participant.store().failure() {
+        return Err(ApiError(failure.error()));
+    }
     Ok(Json(CounterStatus {
         refused_calls: app.auth.refused_calls(),
         ..app.participant.status()?

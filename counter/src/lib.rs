@@ -12,14 +12,14 @@ pub mod participant;
 pub mod registration;
 pub mod slots;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
 
 pub use config::Config;
 use participant::Participant;
-use registration::Registrar;
+use registration::{Advertised, Registrar};
 
 /// Runs the counter until `shutdown` resolves.
 pub async fn run(
@@ -47,19 +47,22 @@ pub async fn run(
     let registration = {
         let (participant, config, auth) = (participant.clone(), config.clone(), auth.clone());
         async move {
-            let my_url = match &config.advertise_url {
-                Some(url) => url.clone(),
-                None => format!(
-                    "http://{}",
-                    advertised_addr(local, &config.coordinator_url).await
-                ),
+            let advertised = match &config.advertise_url {
+                Some(url) => Advertised::Fixed(url.clone()),
+                None if !local.ip().is_unspecified() => {
+                    Advertised::Fixed(format!("http://{local}"))
+                }
+                None => Advertised::Route {
+                    local,
+                    at: advertised_addr(local, &config.coordinator_url).await,
+                },
             };
-            tracing::info!(url = %my_url, "advertising");
+            tracing::info!(url = %advertised.url(), "advertising");
             Registrar::new(
                 participant,
                 &auth,
                 config.coordinator_url.clone(),
-                my_url,
+                advertised,
                 config.register_interval,
                 config.call_timeout,
             )
@@ -92,12 +95,23 @@ pub async fn run(
         &config.serve,
     )
     .layer(axum::middleware::from_fn(service::observe::track_http));
-    axum::serve(
+    let serving = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(settled)
-    .await?;
+    .with_graceful_shutdown(settled);
+    // A failed flush: every vote and catch-up call fails and the status answers the failure, so the
+    // coordinator takes this replica out of the write and read sets; once the disk takes writes again
+    // the process restarts in place, recovers what is on disk, registers and is caught up.
+    let reopen = {
+        let store = participant.store().clone();
+        let dir = store.dir().to_path_buf();
+        service::reopen::when_writable(async move { store.failed().await.reason }, dir)
+    };
+    tokio::select! {
+        served = serving.into_future() => served?,
+        e = reopen => anyhow::bail!("cannot restart to reopen the database: {e}"),
+    }
     participant.store().durable().await?;
     tracing::info!("stopped");
     Ok(())
@@ -132,7 +146,10 @@ async fn advertised_addr(local: SocketAddr, coordinator_url: &str) -> SocketAddr
 }
 
 /// This host's address on the route to the coordinator, from a socket of the family of `unspecified`.
-async fn route_to(unspecified: IpAddr, coordinator_url: &str) -> std::io::Result<IpAddr> {
+pub(crate) async fn route_to(
+    unspecified: IpAddr,
+    coordinator_url: &str,
+) -> std::io::Result<IpAddr> {
     let host = coordinator_host(coordinator_url).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

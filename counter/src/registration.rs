@@ -2,7 +2,8 @@
 //!
 //! A counter registers when it starts and then every `register_interval`, retrying until the
 //! coordinator answers, so a restarted or removed counter finds its way back without a restart of its
-//! own. Before each registration it asks the coordinator for the outcome of every transaction it still
+//! own; it looks its own address up again each time, so one that came back on another address (a
+//! container disconnected from its network and connected again) is called there. Before each registration it asks the coordinator for the outcome of every transaction it still
 //! holds prepared: after a crash those are in doubt, and only the coordinator may decide them.
 //!
 //! The answer says whether the coordinator counts the counter in sync; the first time it does, the
@@ -13,6 +14,7 @@
 //! coordinator's cluster id in the replica; from then on the counter names it when it registers and
 //! refuses to serve a coordinator of another cluster (which refuses it too).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use storage::proto::{paths, Outcome, OutcomeQuery, RegisterReply, RegisterRequest};
@@ -23,8 +25,40 @@ pub struct Registrar {
     participant: Participant,
     client: reqwest::Client,
     coordinator: String,
-    my_url: String,
+    advertised: Advertised,
     interval: Duration,
+}
+
+/// The address this counter registers, the URL the coordinator calls it at.
+pub enum Advertised {
+    /// Given (`--advertise-url`), or a listen address that is not unspecified.
+    Fixed(String),
+    /// This host's address on the route to the coordinator, with the port listened on: looked up again
+    /// before every registration, since a container cut off its network and connected again may
+    /// come back with another address.
+    Route { local: SocketAddr, at: SocketAddr },
+}
+
+impl Advertised {
+    pub fn url(&self) -> String {
+        match self {
+            Advertised::Fixed(url) => url.trim_end_matches('/').to_owned(),
+            Advertised::Route { at, .. } => format!("http://{at}"),
+        }
+    }
+
+    /// Looks the route up again; says when the address changed.
+    async fn refresh(&mut self, coordinator: &str) {
+        if let Advertised::Route { local, at } = self {
+            if let Ok(ip) = crate::route_to(local.ip(), coordinator).await {
+                let now = SocketAddr::new(ip, local.port());
+                if now != *at {
+                    tracing::info!(was = %at, now = %now, "this host's address changed; advertising the new one");
+                    *at = now;
+                }
+            }
+        }
+    }
 }
 
 impl Registrar {
@@ -32,7 +66,7 @@ impl Registrar {
         participant: Participant,
         auth: &service::auth::Auth,
         coordinator: String,
-        my_url: String,
+        advertised: Advertised,
         interval: Duration,
         timeout: Duration,
     ) -> Self {
@@ -45,22 +79,39 @@ impl Registrar {
             participant,
             client,
             coordinator: coordinator.trim_end_matches('/').to_owned(),
-            my_url: my_url.trim_end_matches('/').to_owned(),
+            advertised,
             interval,
         }
     }
 
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut registered = false;
+        // The last failure logged: the same failure again is not logged again.
+        let mut failing: Option<String> = None;
         loop {
+            if self.participant.store().failure().is_some() {
+                // Nothing to register while the database is unwritable: the process restarts once it
+                // is writable again (see `service::reopen`), and registers then.
+                tokio::time::sleep(self.interval).await;
+                continue;
+            }
             match self.round().await {
                 Ok(()) if !registered => {
-                    tracing::info!(coordinator = %self.coordinator, url = %self.my_url, "registered");
+                    tracing::info!(coordinator = %self.coordinator, url = %self.advertised.url(), "registered");
                     registered = true;
+                    failing = None;
                 }
                 Ok(()) => {}
+                // The database failed meanwhile: said once, by the flusher.
+                Err(_) if self.participant.store().failure().is_some() => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, coordinator = %self.coordinator, "registration failed; will retry");
+                    let why = e.to_string();
+                    if failing.as_ref() != Some(&why) {
+                        tracing::warn!(error = %why, coordinator = %self.coordinator, "registration failed; will retry");
+                    } else {
+                        tracing::debug!(error = %why, "registration failed again");
+                    }
+                    failing = Some(why);
                     registered = false;
                 }
             }
@@ -75,7 +126,7 @@ impl Registrar {
         }
     }
 
-    async fn round(&self) -> anyhow::Result<()> {
+    async fn round(&mut self) -> anyhow::Result<()> {
         // Registration must not depend on it: an unregistered counter is never caught up.
         if let Err(e) = self.resolve_in_doubt().await {
             tracing::warn!(error = %e, "cannot resolve in-doubt transactions yet");
@@ -85,9 +136,10 @@ impl Registrar {
             return Ok(());
         }
         let status = self.participant.status()?;
+        self.advertised.refresh(&self.coordinator).await;
         let req = RegisterRequest {
             node_id: status.node_id,
-            url: self.my_url.clone(),
+            url: self.advertised.url(),
             last_applied: status.last_applied,
             cluster_id: status.cluster_id,
         };

@@ -14,13 +14,14 @@
 //! - `meta`: `committed_seq`, the seq of the last COMMIT decision; `cluster_id`, created on first open.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use crate::codec::{decode, encode};
 use crate::error::{Error, Result};
-use crate::flusher::Flusher;
+use crate::flusher::{Failure, Flusher};
 use crate::keys::{u64_from, u64_key};
 use crate::model::{random_id, ClusterId, NodeId, Seq, TxId};
 use crate::open::open_db;
@@ -61,8 +62,10 @@ pub struct CoordinatorStore {
     decision_seqs: sled::Tree,
     registry: sled::Tree,
     flusher: Flusher,
+    /// The data directory.
+    dir: Arc<Path>,
     /// Decisions kept, maintained so that reading it scans nothing.
-    kept: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    kept: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CoordinatorStore {
@@ -76,6 +79,7 @@ impl CoordinatorStore {
             unfinished: db.open_tree("unfinished")?,
             decision_seqs: db.open_tree("decision_seqs")?,
             registry: db.open_tree("registry")?,
+            dir: Arc::from(path),
             flusher: Flusher::spawn(db.clone(), "coordinator"),
             kept: Default::default(),
             db,
@@ -117,6 +121,21 @@ impl CoordinatorStore {
             .get(CLUSTER_ID)?
             .ok_or_else(|| Error::corrupt("meta", "no cluster id"))?;
         String::from_utf8(raw.to_vec()).map_err(|e| Error::corrupt("meta", e))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Why this database takes no more writes, once a flush failed (see [`Flusher`]).
+    pub fn failure(&self) -> Option<Failure> {
+        self.flusher.failure()
+    }
+
+    /// Resolves when a flush fails: the process must reopen the database (see [`Flusher`]).
+    pub async fn failed(&self) -> Failure {
+        self.flusher.failed().await
     }
 
     /// Waits until every write made before the call is on disk (group commit).

@@ -28,7 +28,7 @@ use sled::Transactional;
 
 use crate::codec::{decode, encode};
 use crate::error::{Error, Result};
-use crate::flusher::Flusher;
+use crate::flusher::{Failure, Flusher};
 use crate::keys::{item_from_key, item_key, u64_from, u64_key};
 use crate::model::{random_id, ClusterId, Item, LogEntry, NodeId, Seq, TxId};
 use crate::open::open_db;
@@ -68,6 +68,8 @@ pub struct CounterStore {
     counts: sled::Tree,
     log: sled::Tree,
     flusher: Flusher,
+    /// The data directory.
+    dir: Arc<Path>,
     /// Committed transactions kept in the log for catch-up; 0 keeps them all.
     log_retention: u64,
     /// `last_applied` as of the last flush this store waited for (as of opening, before any): what a
@@ -98,6 +100,7 @@ impl CounterStore {
             items: db.open_tree("items")?,
             counts: db.open_tree("counts")?,
             log: db.open_tree("log")?,
+            dir: Arc::from(path),
             flusher: Flusher::spawn(db.clone(), "counter"),
             db,
             log_retention,
@@ -138,6 +141,21 @@ impl CounterStore {
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Why this database takes no more writes, once a flush failed (see [`Flusher`]).
+    pub fn failure(&self) -> Option<Failure> {
+        self.flusher.failure()
+    }
+
+    /// Resolves when a flush fails: the process must reopen the database (see [`Flusher`]).
+    pub async fn failed(&self) -> Failure {
+        self.flusher.failed().await
     }
 
     /// Waits until every write made before the call is on disk (group commit).

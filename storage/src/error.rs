@@ -28,6 +28,10 @@ pub enum Error {
     /// The replica belongs to another cluster than the coordinator that called or answered it.
     #[error("this counter belongs to cluster {mine}, not to cluster {theirs}")]
     OtherCluster { mine: String, theirs: String },
+    /// A flush failed (a full disk, an I/O error): sled takes no more writes until the database is
+    /// reopened, and nothing written since the last successful flush is durable (`flusher`).
+    #[error("{}: {reason}", if *disk_full { "no space left on the data disk" } else { "the database cannot write to disk" })]
+    Unwritable { reason: String, disk_full: bool },
     /// The flusher task is gone (the process is shutting down).
     #[error("flusher stopped")]
     FlusherStopped,
@@ -36,10 +40,24 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Whether this is a full disk: the caller answers `507 Insufficient Storage`.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Unwritable { disk_full, .. } => *disk_full,
+            Error::Sled(e) => is_disk_full(e),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(tree: &'static str, reason: impl ToString) -> Self {
         Error::Corrupt {
             tree,
             reason: reason.to_string(),
         }
     }
+}
+
+/// sled keeps the kind of the I/O error it failed with (also in the copy of its global error).
+pub(crate) fn is_disk_full(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
 }

@@ -26,5 +26,5 @@ pub mod proto;
 pub use coordinator_store::{CoordinatorStore, CounterRecord, CounterState, Decision};
 pub use counter_store::{ApplyOutcome, CounterStore, PrepareOutcome};
 pub use error::{Error, Result};
-pub use flusher::Flusher;
+pub use flusher::{Failure, Flusher};
 pub use model::{ClusterId, Item, LogEntry, NodeId, Seq, TxId};

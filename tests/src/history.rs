@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     /// 200 success: must be counted forever.
     Ok,
-    /// Refused (4xx, 503): must never be counted (unless another POST of the same id was not refused).
+    /// Refused (4xx, 503, 507): must never be counted (unless another POST of the same id was not refused).
     Failed,
     /// Timeout, connection error, other 5xx: may or may not be counted.
     Unknown,
@@ -34,7 +34,7 @@ impl Outcome {
     pub fn from_status(status: Option<u16>) -> Outcome {
         match status {
             Some(200) => Outcome::Ok,
-            Some(s) if (400..500).contains(&s) || s == 503 => Outcome::Failed,
+            Some(s) if (400..500).contains(&s) || s == 503 || s == 507 => Outcome::Failed,
             _ => Outcome::Unknown,
         }
     }

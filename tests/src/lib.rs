@@ -12,7 +12,8 @@
 //! - [`client`]: the public API as clients call it; [`load`]: concurrent writers;
 //! - [`history`]: what clients saw, checked against the final counts;
 //! - [`data`]: data directories of stopped services;
-//! - [`sim`]: the in-process network of the deterministic simulation.
+//! - [`sim`]: the in-process network of the deterministic simulation;
+//! - [`tmpfs`]: a small filesystem on a data directory, to fill a service's disk.
 
 pub mod client;
 pub mod cluster;
@@ -21,9 +22,11 @@ pub mod history;
 pub mod load;
 pub mod process;
 pub mod sim;
+pub mod tmpfs;
 
 pub use client::{batch, encode, http_client, ApiClient};
 pub use cluster::{free_port, random_token, Cluster, Options};
 pub use data::{copy_dir, inspect};
 pub use load::{Load, LoadStats};
 pub use process::{bin, Service};
+pub use tmpfs::Tmpfs;

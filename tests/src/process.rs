@@ -232,6 +232,36 @@ impl Service {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Waits until the process, still the same one (same pid), listens again at a new address: it
+    /// restarted itself in place (see `service::reopen`). Updates the addresses.
+    pub fn wait_restarted_in_place(&mut self, timeout: Duration) -> Result<()> {
+        let (pid, old) = (self.pid(), self.addr);
+        let deadline = Instant::now() + timeout;
+        while self.addr == old {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not restart in place:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
+                let mut lines = text.lines().map(|l| l.trim().parse::<SocketAddr>());
+                if let Some(Ok(addr)) = lines.next() {
+                    self.addr = Some(addr);
+                    if let Some(Ok(internal)) = lines.next() {
+                        self.internal_addr = Some(internal);
+                    }
+                }
+            }
+        }
+        if self.pid() != pid || !self.is_running() {
+            bail!("{} exited instead of restarting in place", self.name);
+        }
+        Ok(())
+    }
+
     /// The data directory the service is started on (kept across restarts).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

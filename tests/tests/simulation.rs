@@ -73,6 +73,8 @@ impl Coordinator {
                 txn: txn.clone(),
                 client: client.clone(),
                 page_items: 7,
+                // No budget: time is not what this test checks.
+                lock_budget: std::time::Duration::MAX,
             };
             let reader = Reader::new(
                 registry.clone(),
@@ -145,7 +147,8 @@ fn outcome(result: &Result<u64, RoundError>) -> Outcome {
         Ok(_) => Outcome::Ok,
         // As the HTTP mapping answers them: 500 for both, which a client cannot tell apart.
         Err(RoundError::OutcomeUnknown(_) | RoundError::Storage(_)) => Outcome::Unknown,
-        Err(RoundError::Unavailable(_)) => Outcome::Failed,
+        // 503 and 507: nothing was written.
+        Err(RoundError::Unavailable(_) | RoundError::InsufficientStorage(_)) => Outcome::Failed,
     }
 }
 

@@ -414,6 +414,8 @@ fn fixture(page_items: usize) -> Fixture {
         txn: txn.clone(),
         client: shared,
         page_items,
+        // No budget: this test is about what catch-up copies, not how long it takes.
+        lock_budget: std::time::Duration::MAX,
     };
     Fixture {
         _dir: dir,

@@ -4,8 +4,12 @@
 //! `docker kill`s a random counter container, sometimes two, sometimes the coordinator, sometimes
 //! everything, and starts them again with `docker start` (a killed container counts as stopped by hand,
 //! so restart policies do not bring it back). Sometimes it SIGKILLs a container's process from the host
-//! instead, a crash as docker sees it, which the restart policy must repair alone. Then it heals (every
-//! container started), waits until every counter is in sync at the coordinator's committed seq, and
+//! instead, a crash as docker sees it, which the restart policy must repair alone. It also impairs
+//! containers without killing them, for a few seconds or longer than the health-check window: pauses
+//! a counter or the coordinator, disconnects one from its network and connects it again, throttles a
+//! counter to 5 % of a CPU, and fills the disk of the counter whose slot it put on a small tmpfs
+//! (`CHAOS_FAULTS` chooses the families). Then it heals (every impairment undone, every container
+//! started), waits until every counter is in sync at the coordinator's committed seq, and
 //! checks:
 //!
 //! - the history ([`History::check`]) against the final counts read through the coordinator: no lost
@@ -130,6 +134,28 @@ struct Settings {
         default_value = "volumes/cluster-token"
     )]
     token_file: String,
+    /// The fault families to inject, comma-separated: kill (kills, crashes and stops), pause,
+    /// disconnect, throttle, diskfull.
+    #[arg(
+        long,
+        env = "CHAOS_FAULTS",
+        default_value = "kill,pause,disconnect,throttle,diskfull",
+        value_delimiter = ','
+    )]
+    faults: Vec<Family>,
+    /// The counters' data directory on this host (the slots under it), for the diskfull faults.
+    #[arg(long, env = "CHAOS_COUNTER_VOLUME", default_value = "volumes/counters")]
+    counter_volume: std::path::PathBuf,
+}
+
+/// A family of faults, as `CHAOS_FAULTS` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Family {
+    Kill,
+    Pause,
+    Disconnect,
+    Throttle,
+    Diskfull,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,6 +366,27 @@ enum Fault {
     Stop,
     /// A Swarm worker node drained (its tasks rescheduled elsewhere), made active again later.
     Drain,
+    /// `docker pause` of a counter or the coordinator (frozen, not dead), unpaused after a few
+    /// seconds or (`long`) after more than the health-check window (3 × 10 s).
+    Pause {
+        long: bool,
+    },
+    /// `docker network disconnect` of a counter or the coordinator, connected again after a few
+    /// seconds or (`long`) after more than the health-check window; it may come back on another
+    /// address.
+    Disconnect {
+        long: bool,
+    },
+    /// `docker update --cpus 0.05` of a counter (starved of CPU: a slow replica), unthrottled after a
+    /// few seconds or (`long`) after more than the health-check window.
+    Throttle {
+        long: bool,
+    },
+    /// The disk of one counter's slot (a tmpfs, see [`DiskFull`]) is filled to a few hundred KiB
+    /// and freed again after a few seconds or (`long`) after more than the health-check window.
+    DiskFull {
+        long: bool,
+    },
 }
 
 impl Fault {
@@ -354,8 +401,234 @@ impl Fault {
             Fault::Crash => "crash",
             Fault::Stop => "stop",
             Fault::Drain => "drain",
+            Fault::Pause { long: false } => "pause",
+            Fault::Pause { long: true } => "pause-long",
+            Fault::Disconnect { long: false } => "disconnect",
+            Fault::Disconnect { long: true } => "disconnect-long",
+            Fault::Throttle { long: false } => "throttle",
+            Fault::Throttle { long: true } => "throttle-long",
+            Fault::DiskFull { long: false } => "diskfull",
+            Fault::DiskFull { long: true } => "diskfull-long",
         }
     }
+
+    /// How long an impairment lasts: a few seconds, or longer than the health-check window.
+    fn duration(long: bool, rng: &mut StdRng) -> Duration {
+        if long {
+            Duration::from_millis(rng.random_range(35_000..45_000))
+        } else {
+            Duration::from_millis(rng.random_range(2_000..10_000))
+        }
+    }
+}
+
+/// A fault that leaves the container running, and what undoes it.
+#[derive(Clone, Debug)]
+enum Impairment {
+    Paused,
+    /// Disconnected from `network`; connected again with the compose service's name as an alias,
+    /// as compose had it (counters reach the coordinator by that name).
+    Disconnected {
+        network: String,
+    },
+    Throttled,
+    DiskFull,
+}
+
+impl Impairment {
+    /// Injects it into `c`.
+    async fn inject(&self, c: &Container, disk: Option<&DiskFull>) -> Result<()> {
+        match self {
+            Impairment::Paused => docker(&["pause", &c.id]).await.map(drop),
+            Impairment::Disconnected { network } => {
+                docker(&["network", "disconnect", network, &c.id])
+                    .await
+                    .map(drop)
+            }
+            Impairment::Throttled => docker(&["update", "--cpus", "0.05", &c.id]).await.map(drop),
+            Impairment::DiskFull => disk.context("no tmpfs slot")?.fill(),
+        }
+    }
+
+    /// Undoes it.
+    async fn undo(&self, c: &Container, disk: Option<&DiskFull>) -> Result<()> {
+        match self {
+            Impairment::Paused => docker(&["unpause", &c.id]).await.map(drop),
+            Impairment::Disconnected { network } => {
+                docker(&["network", "connect", "--alias", &c.service, network, &c.id])
+                    .await
+                    .map(drop)
+            }
+            // 0: no limit.
+            Impairment::Throttled => docker(&["update", "--cpus", "0", &c.id]).await.map(drop),
+            Impairment::DiskFull => disk.context("no tmpfs slot")?.unfill(),
+        }
+    }
+}
+
+/// One counter slot's directory on a size-limited tmpfs, for the diskfull faults: set up before the
+/// faults (the counter holding the slot is stopped, its data copied onto the tmpfs, and it is
+/// started again, which is when its bind mount takes the tmpfs in), taken down after the checks
+/// (stopped, copied back, unmounted, started).
+struct DiskFull {
+    slot: std::path::PathBuf,
+    /// The container that held the slot at setup.
+    container: Container,
+}
+
+/// Room the tmpfs has beyond the slot's data: enough for a restart's probe (4 MiB) and some writes.
+const DISK_HEADROOM: u64 = 32 << 20;
+/// What a fill leaves free: nothing (sled still writes into the log segments it has, until it needs
+/// a new one).
+const DISK_LEFT: u64 = 0;
+
+impl DiskFull {
+    async fn set_up(
+        counter: &Container,
+        volume: &std::path::Path,
+        log: &mut FaultLog,
+    ) -> Result<DiskFull> {
+        // The slot the counter holds, from its own word.
+        let out = tokio::process::Command::new("docker")
+            .args(["logs", &counter.id])
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        let slot = text
+            .lines()
+            .filter_map(|l| l.split("claimed slot dir=/data/").nth(1))
+            .next_back()
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("no claimed slot in the counter's log")?
+            .to_owned();
+        let slot = volume.join(slot);
+        docker(&["stop", "-t", "10", &counter.id]).await?;
+        let bytes = du(&slot)?;
+        let saved = slot.with_extension("saved");
+        sh(&format!(
+            "rm -rf {saved} && cp -a {slot} {saved} && mount -t tmpfs -o size={size} tmpfs {slot} && cp -a {saved}/. {slot}/ && chown --reference={saved} {slot} && chmod --reference={saved} {slot} && rm -rf {saved}",
+            saved = saved.display(),
+            slot = slot.display(),
+            size = bytes + DISK_HEADROOM,
+        ))
+        .await?;
+        say!(
+            "{} holds its slot {} on a tmpfs of {} MiB",
+            counter.name,
+            slot.display(),
+            (bytes + DISK_HEADROOM) >> 20
+        );
+        start(counter, log).await;
+        Ok(DiskFull {
+            slot,
+            container: counter.clone(),
+        })
+    }
+
+    fn fill(&self) -> Result<()> {
+        let free = fs_free(&self.slot)?;
+        let filler = std::fs::File::create(self.slot.join("chaos-filler"))?;
+        let mut left = free.saturating_sub(DISK_LEFT);
+        let chunk = vec![1u8; 1 << 20];
+        let mut w = std::io::BufWriter::new(filler);
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut w, &chunk[..n])?;
+            left -= n as u64;
+        }
+        std::io::Write::flush(&mut w)?;
+        Ok(())
+    }
+
+    fn unfill(&self) -> Result<()> {
+        match std::fs::remove_file(self.slot.join("chaos-filler")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts the slot's data back on the host's disk. Whichever counter holds the slot now is
+    /// stopped first (a counter restarted during the drill may have claimed another one).
+    async fn take_down(self, project: &str) -> Result<()> {
+        self.unfill()?;
+        let holders = containers(project).await?;
+        let mut stopped = Vec::new();
+        for c in holders.iter().filter(|c| c.service == "counter") {
+            if is_running(c).await {
+                docker(&["stop", "-t", "10", &c.id]).await?;
+                stopped.push(c.clone());
+            }
+        }
+        let saved = self.slot.with_extension("saved");
+        let result = sh(&format!(
+            "rm -rf {saved} && cp -a {slot} {saved} && umount {slot} && cp -a {saved}/. {slot}/ && rm -rf {saved}",
+            saved = saved.display(),
+            slot = self.slot.display(),
+        ))
+        .await;
+        for c in &stopped {
+            let _ = docker(&["start", &c.id]).await;
+        }
+        say!(
+            "{} back on the host's disk (held by {} at setup)",
+            self.slot.display(),
+            self.container.name
+        );
+        result
+    }
+}
+
+async fn sh(script: &str) -> Result<()> {
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("{script}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Bytes used under `path` (`du`).
+fn du(path: &std::path::Path) -> Result<u64> {
+    let out = std::process::Command::new("du")
+        .args(["-sb"])
+        .arg(path)
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("du {}", path.display()))
+}
+
+/// Free bytes of the filesystem holding `path` (`df`).
+fn fs_free(path: &std::path::Path) -> Result<u64> {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df {}", path.display()))
+}
+
+/// The network a container is on (compose puts it on one).
+async fn network_of(c: &Container) -> Result<String> {
+    let out = docker(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        &c.id,
+    ])
+    .await?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("{} is on no network", c.name))
 }
 
 #[derive(Default)]
@@ -392,8 +665,15 @@ async fn run_during(command: &str) -> Result<FaultLog> {
     Ok(log)
 }
 
-/// Kills and restarts containers until `end`, then starts every container of the project again.
-async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLog> {
+/// Kills and restarts containers, and impairs them (of the `families` asked for), until `end`; then
+/// undoes every impairment and starts every container of the project again.
+async fn inject_faults(
+    project: &str,
+    seed: u64,
+    end: Instant,
+    families: &[Family],
+    disk: Option<&DiskFull>,
+) -> Result<FaultLog> {
     let mut rng = StdRng::seed_from_u64(seed);
     let all = containers(project).await?;
     let coordinator = all
@@ -410,6 +690,14 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
     // Killed containers and when to start them again.
     let mut down: Vec<(Container, Instant)> = Vec::new();
     let mut can_crash = true;
+    // Impaired containers (running, but paused, cut off, throttled or full), and when to undo it.
+    let mut impaired: Vec<(Container, Impairment, Instant)> = Vec::new();
+    let impairments: Vec<Family> = families
+        .iter()
+        .copied()
+        .filter(|f| *f != Family::Kill && (*f != Family::Diskfull || disk.is_some()))
+        .collect();
+    let kills = families.contains(&Family::Kill);
 
     loop {
         let pause = Duration::from_millis(rng.random_range(2_000..6_000));
@@ -426,11 +714,74 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
         for (c, _) in due {
             start(&c, &mut log).await;
         }
+        let (due, later): (Vec<_>, Vec<_>) =
+            impaired.into_iter().partition(|(_, _, at)| *at <= now);
+        impaired = later;
+        for (c, what, _) in due {
+            undo(&c, &what, disk, &mut log).await;
+        }
 
-        let is_down =
-            |c: &Container, down: &[(Container, Instant)]| down.iter().any(|(d, _)| d.id == c.id);
+        // An impaired container is left alone until it is whole again.
+        let is_down = |c: &Container, down: &[(Container, Instant)]| {
+            down.iter().any(|(d, _)| d.id == c.id) || impaired.iter().any(|(d, _, _)| d.id == c.id)
+        };
         let up: Vec<&Container> = counters.iter().filter(|c| !is_down(c, &down)).collect();
         let coordinator_up = !is_down(&coordinator, &down);
+        if !impairments.is_empty() && (!kills || rng.random_bool(0.4)) {
+            let family = impairments[rng.random_range(0..impairments.len())];
+            let long = rng.random_bool(0.3);
+            // The coordinator, a quarter of the time, for the faults that may hit it.
+            let on_coordinator = matches!(family, Family::Pause | Family::Disconnect)
+                && coordinator_up
+                && (up.is_empty() || rng.random_bool(0.25));
+            let victim = match family {
+                _ if on_coordinator => coordinator.clone(),
+                // The counter on the tmpfs slot, if it is whole.
+                Family::Diskfull => match disk.map(|d| &d.container) {
+                    Some(c) if up.iter().any(|u| u.id == c.id) => c.clone(),
+                    _ => continue,
+                },
+                _ if up.is_empty() => continue,
+                _ => up[rng.random_range(0..up.len())].clone(),
+            };
+            let (fault, what) = match family {
+                Family::Pause => (Fault::Pause { long }, Impairment::Paused),
+                Family::Disconnect => match network_of(&victim).await {
+                    Ok(network) => (
+                        Fault::Disconnect { long },
+                        Impairment::Disconnected { network },
+                    ),
+                    Err(e) => {
+                        log.docker_errors += 1;
+                        say!("{e:#}");
+                        continue;
+                    }
+                },
+                Family::Throttle => (Fault::Throttle { long }, Impairment::Throttled),
+                Family::Diskfull | Family::Kill => (Fault::DiskFull { long }, Impairment::DiskFull),
+            };
+            let lasts = Fault::duration(long, &mut rng);
+            say!(
+                "fault {} on {} for {:.0}s",
+                fault.name(),
+                victim.name,
+                lasts.as_secs_f64()
+            );
+            match what.inject(&victim, disk).await {
+                Ok(()) => {
+                    *log.by_kind.entry(fault).or_default() += 1;
+                    impaired.push((victim, what, Instant::now() + lasts));
+                }
+                Err(e) => {
+                    log.docker_errors += 1;
+                    say!("{e:#}");
+                }
+            }
+            continue;
+        }
+        if !kills {
+            continue;
+        }
         let roll = rng.random_range(0..100);
         let fault = match roll {
             0..=39 if !up.is_empty() => Fault::Counter,
@@ -529,7 +880,14 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
             Fault::CounterLong => pick_counters(1, &mut rng, true),
             Fault::TwoCounters => pick_counters(2, &mut rng, false),
             Fault::CoordinatorAndCounter => pick_counters(1, &mut rng, false),
-            Fault::Coordinator | Fault::Crash | Fault::Stop | Fault::Drain => {}
+            Fault::Coordinator
+            | Fault::Crash
+            | Fault::Stop
+            | Fault::Drain
+            | Fault::Pause { .. }
+            | Fault::Disconnect { .. }
+            | Fault::Throttle { .. }
+            | Fault::DiskFull { .. } => {}
             Fault::All => {
                 let mut pool = up.clone();
                 pool.sort_by_key(|c| c.name.clone());
@@ -568,13 +926,26 @@ async fn inject_faults(project: &str, seed: u64, end: Instant) -> Result<FaultLo
         down.extend(victims.into_iter().map(|(c, d)| (c, now + d)));
     }
 
-    // Heal: start every container that is not running (whoever stopped it).
+    // Heal: undo every impairment, start every container that is not running (whoever stopped it).
+    for (c, what, _) in impaired {
+        undo(&c, &what, disk, &mut log).await;
+    }
     for c in containers(project).await? {
         if !is_running(&c).await {
             start(&c, &mut log).await;
         }
     }
     Ok(log)
+}
+
+async fn undo(c: &Container, what: &Impairment, disk: Option<&DiskFull>, log: &mut FaultLog) {
+    match what.undo(c, disk).await {
+        Ok(()) => say!("undid {what:?} of {}", c.name),
+        Err(e) => {
+            log.docker_errors += 1;
+            say!("{e:#}");
+        }
+    }
 }
 
 /// Why a container stopped by `docker stop` did not stop cleanly: an exit status other than 0, or its
@@ -1233,6 +1604,10 @@ struct LogScan {
     panics: Vec<String>,
     fatal: Vec<String>,
     errors: usize,
+    /// Databases that failed a flush (a full disk), and services that restarted in place to reopen
+    /// theirs once space was freed.
+    disk_failures: usize,
+    reopened: usize,
 }
 
 /// Panics and fatal start errors in the logs of every container of the cluster since `since`.
@@ -1241,6 +1616,8 @@ async fn scan_logs(platform: &Platform, since: u64) -> Result<LogScan> {
         panics: Vec::new(),
         fatal: Vec::new(),
         errors: 0,
+        disk_failures: 0,
+        reopened: 0,
     };
     for c in platform.logged_containers().await? {
         let out = docker_command(&c)
@@ -1260,6 +1637,8 @@ async fn scan_logs(platform: &Platform, since: u64) -> Result<LogScan> {
             } else if line.contains(" ERROR ") {
                 scan.errors += 1;
             }
+            scan.disk_failures += usize::from(line.contains("flush failed"));
+            scan.reopened += usize::from(line.contains("restarting to reopen the database"));
         }
     }
     Ok(scan)
@@ -1366,18 +1745,48 @@ async fn drill() -> Result<bool> {
         )));
     }
 
+    let mut setup_log = FaultLog::default();
+    // The full-disk fault moves a counter's compose slot onto a tmpfs: only on compose, with faults.
+    let disk = match (&platform, &s.during) {
+        (Platform::Compose(project), None) if s.faults.contains(&Family::Diskfull) => {
+            let counter = all
+                .iter()
+                .find(|c| c.service == "counter")
+                .context("no counter")?;
+            let disk = DiskFull::set_up(counter, &s.counter_volume, &mut setup_log).await?;
+            let ready = converge(&platform, &internal, Duration::from_secs(s.converge_secs)).await;
+            if let Err(e) = ready {
+                disk.take_down(project).await?;
+                return Err(
+                    e.context("the cluster did not converge after moving a slot onto a tmpfs")
+                );
+            }
+            Some(disk)
+        }
+        _ => None,
+    };
     let watch = StartWatch::spawn(&platform)?;
     let end = Instant::now() + Duration::from_secs(s.secs);
     let faults = match (&platform, &s.during) {
         (_, Some(command)) => run_during(command).await,
-        (Platform::Compose(project), None) => inject_faults(project, seed, end).await,
+        (Platform::Compose(project), None) => {
+            inject_faults(project, seed, end, &s.faults, disk.as_ref()).await
+        }
         (Platform::Swarm(stack), None) => swarm::inject_faults(stack, seed, end).await,
     };
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    let faults = faults?;
+    let faults = match faults {
+        Ok(faults) => faults,
+        Err(e) => {
+            if let Some(disk) = disk {
+                disk.take_down(&s.project).await?;
+            }
+            return Err(e);
+        }
+    };
 
     let healed = Instant::now();
     let converged = converge(&platform, &internal, Duration::from_secs(s.converge_secs)).await;
@@ -1439,14 +1848,24 @@ async fn drill() -> Result<bool> {
             }
         }
     }
-    let logs = scan_logs(&platform, since).await?;
-    violations.entry("panics").or_default().extend(logs.panics);
-    violations.entry("fatal").or_default().extend(logs.fatal);
+    let logs = scan_logs(&platform, since).await;
     // A command run under the load (an upgrade) starts containers the drill does not count.
     let restarts = match s.during {
         Some(_) => Vec::new(),
         None => watch.unexpected(&faults),
     };
+    // After the last look at the logs and the starts: putting the slot back stops and starts counters.
+    if let Some(disk) = disk {
+        if let Err(e) = disk.take_down(&s.project).await {
+            violations
+                .entry("cleanup")
+                .or_default()
+                .push(format!("{e:#}"));
+        }
+    }
+    let logs = logs?;
+    violations.entry("panics").or_default().extend(logs.panics);
+    violations.entry("fatal").or_default().extend(logs.fatal);
     violations
         .entry("self-restarts")
         .or_default()
@@ -1494,7 +1913,7 @@ async fn drill() -> Result<bool> {
         .map(|(k, v)| format!("{k} {}", v.len()))
         .collect();
     println!(
-        "chaos {}: {:.0}s, seed {}, {n_counters} counters; {} operations: {} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} failed, {} non-monotonic), {} tenants; {} faults ({}; {} kills, {} starts, {} docker errors); converged in {converge_secs:.1}s at seq {seq}; {} error log lines; {total} violations ({})",
+        "chaos {}: {:.0}s, seed {}, {n_counters} counters; {} operations: {} writes ({} acknowledged, {} refused, {} unknown), {} reads ({} failed, {} non-monotonic), {} tenants; {} faults ({}; {} kills, {} starts, {} docker errors); converged in {converge_secs:.1}s at seq {seq}; {} error log lines, {} disk failures, {} reopened; {total} violations ({})",
         if total == 0 { "PASS" } else { "FAIL" },
         began.elapsed().as_secs_f64(),
         seed,
@@ -1513,6 +1932,8 @@ async fn drill() -> Result<bool> {
         faults.starts,
         faults.docker_errors,
         logs.errors,
+        logs.disk_failures,
+        logs.reopened,
         violation_figures.join(", "),
     );
     Ok(total == 0)
