@@ -221,9 +221,11 @@ async fn register(
             req.node_id, req.last_applied
         )));
     }
-    // A known in-sync counter re-registering from the same address keeps its state: what it
-    // acknowledged is on its disk, while `last_applied` in the request may already be outdated by a
-    // round that committed meanwhile. Reads check freshness anyway.
+    // A known in-sync counter re-registering from the same address keeps its state: `last_applied`
+    // in the request may already be outdated by a round that committed meanwhile. A counter that
+    // restarted and lost an applied COMMIT not yet flushed holds that round in doubt and applies it
+    // again before registering; if it could not, the next COMMIT finds the gap and a read finds the
+    // stale position, and either one marks it lagging.
     tracing::debug!(node = %req.node_id, url = %req.url, last_applied = req.last_applied, "registration");
     app.registry.register(&req.node_id, &req.url)?;
     app.txn.store().durable().await?;
