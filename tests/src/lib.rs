@@ -12,12 +12,14 @@
 //! - [`client`]: the public API as clients call it; [`load`]: concurrent writers;
 //! - [`history`]: what clients saw, checked against the final counts;
 //! - [`data`]: data directories of stopped services;
+//! - [`docker`]: the `docker` CLI, for the drills;
 //! - [`sim`]: the in-process network of the deterministic simulation;
 //! - [`tmpfs`]: a small filesystem on a data directory, to fill a service's disk.
 
 pub mod client;
 pub mod cluster;
 pub mod data;
+pub mod docker;
 pub mod history;
 pub mod load;
 pub mod process;

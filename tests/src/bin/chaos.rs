@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use dc_tests::docker::{compose_containers, docker, docker_on, Container};
 use dc_tests::encode;
 use dc_tests::history::{History, Outcome};
 use rand::rngs::StdRng;
@@ -161,10 +162,6 @@ enum Family {
 // ---------------------------------------------------------------------------------------------
 // Docker
 
-async fn docker(args: &[&str]) -> Result<String> {
-    docker_on(None, args).await
-}
-
 /// A `docker` command against the engine `c` runs on.
 fn docker_command(c: &Container) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("docker");
@@ -172,32 +169,6 @@ fn docker_command(c: &Container) -> tokio::process::Command {
         cmd.args(["-H", host]);
     }
     cmd
-}
-
-/// `docker` against the engine `host` (`docker -H`), or the local one.
-async fn docker_on(host: Option<&str>, args: &[&str]) -> Result<String> {
-    let mut cmd = tokio::process::Command::new("docker");
-    if let Some(host) = host {
-        cmd.args(["-H", host]);
-    }
-    let out = cmd.args(args).output().await.context("cannot run docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-#[derive(Clone, Debug)]
-struct Container {
-    id: String,
-    name: String,
-    service: String,
-    /// The engine it runs on (`docker -H`), `None` for the local one.
-    host: Option<String>,
 }
 
 /// Where the cluster runs: how the drill finds its containers and reaches their internal ports.
@@ -212,7 +183,7 @@ impl Platform {
     /// running task containers (Swarm replaces a task that stopped with a new container).
     async fn containers(&self) -> Result<Vec<Container>> {
         match self {
-            Platform::Compose(project) => containers(project).await,
+            Platform::Compose(project) => compose_containers(project).await,
             Platform::Swarm(stack) => stack.containers(false).await,
         }
     }
@@ -220,7 +191,7 @@ impl Platform {
     /// Every container whose logs belong to the drill: a stack's stopped tasks too.
     async fn logged_containers(&self) -> Result<Vec<Container>> {
         match self {
-            Platform::Compose(project) => containers(project).await,
+            Platform::Compose(project) => compose_containers(project).await,
             Platform::Swarm(stack) => stack.containers(true).await,
         }
     }
@@ -274,34 +245,6 @@ impl Platform {
             Platform::Swarm(stack) => format!("swarm stack {:?}", stack.name),
         }
     }
-}
-
-/// Every container of the compose project, running or not.
-async fn containers(project: &str) -> Result<Vec<Container>> {
-    let filter = format!("label=com.docker.compose.project={project}");
-    let out = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &filter,
-        "--format",
-        "{{.ID}} {{.Names}} {{.Label \"com.docker.compose.service\"}}",
-    ])
-    .await?;
-    let mut list: Vec<Container> = out
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            Some(Container {
-                id: f.next()?.to_owned(),
-                name: f.next()?.to_owned(),
-                service: f.next()?.to_owned(),
-                host: None,
-            })
-        })
-        .collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(list)
 }
 
 async fn is_running(c: &Container) -> bool {
@@ -552,7 +495,7 @@ impl DiskFull {
     /// stopped first (a counter restarted during the drill may have claimed another one).
     async fn take_down(self, project: &str) -> Result<()> {
         self.unfill()?;
-        let holders = containers(project).await?;
+        let holders = compose_containers(project).await?;
         let mut stopped = Vec::new();
         for c in holders.iter().filter(|c| c.service == "counter") {
             if is_running(c).await {
@@ -675,7 +618,7 @@ async fn inject_faults(
     disk: Option<&DiskFull>,
 ) -> Result<FaultLog> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let all = containers(project).await?;
+    let all = compose_containers(project).await?;
     let coordinator = all
         .iter()
         .find(|c| c.service == "coordinator")
@@ -930,7 +873,7 @@ async fn inject_faults(
     for (c, what, _) in impaired {
         undo(&c, &what, disk, &mut log).await;
     }
-    for c in containers(project).await? {
+    for c in compose_containers(project).await? {
         if !is_running(&c).await {
             start(&c, &mut log).await;
         }

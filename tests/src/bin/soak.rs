@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use dc_tests::docker::{compose_containers, docker, Container};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storage::proto::{ClusterView, CounterStatus};
@@ -57,48 +58,6 @@ const BATCH: usize = 20;
 /// The coordinator's internal port and a counter's port inside their containers (docker-compose.yml).
 const COORDINATOR_INTERNAL_PORT: u16 = 8081;
 const COUNTER_PORT: u16 = 9000;
-
-async fn docker(args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new("docker")
-        .args(args)
-        .output()
-        .await
-        .context("cannot run docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-#[derive(Clone, Debug)]
-struct Container {
-    id: String,
-    name: String,
-    service: String,
-}
-
-async fn containers(project: &str) -> Result<Vec<Container>> {
-    let filter = format!("label=com.docker.compose.project={project}");
-    let format = "{{.ID}} {{.Names}} {{.Label \"com.docker.compose.service\"}}";
-    let out = docker(&["ps", "-a", "--filter", &filter, "--format", format]).await?;
-    let mut list: Vec<Container> = out
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            Some(Container {
-                id: f.next()?.to_owned(),
-                name: f.next()?.to_owned(),
-                service: f.next()?.to_owned(),
-            })
-        })
-        .collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(list)
-}
 
 /// The service's own process in the container (its first process, or that one's child under
 /// docker's init).
@@ -281,7 +240,7 @@ async fn soak() -> Result<bool> {
     let csv_path = s.out.join("soak.csv");
     let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
     writeln!(csv, "elapsed_s,series,value")?;
-    let all = containers(&s.project).await?;
+    let all = compose_containers(&s.project).await?;
     if all.is_empty() {
         bail!(
             "compose project {:?} has no containers: run make up",
@@ -367,7 +326,7 @@ async fn soak() -> Result<bool> {
     while Instant::now() < end {
         if Instant::now() >= next_sample {
             let t = began.elapsed().as_secs_f64();
-            for c in containers(&s.project).await? {
+            for c in compose_containers(&s.project).await? {
                 for (series, v) in sample(&c, &http, &internal, &url).await {
                     writeln!(csv, "{t:.0},{series},{v}")?;
                     samples.entry(series).or_default().push((t, v));
@@ -377,7 +336,7 @@ async fn soak() -> Result<bool> {
             next_sample += Duration::from_secs(s.sample_secs);
         }
         if next_fault.is_some_and(|at| Instant::now() >= at) {
-            let list = containers(&s.project).await?;
+            let list = compose_containers(&s.project).await?;
             let victim = &list[rng.random_range(0..list.len())];
             eprintln!("soak: fault kills {} and starts it again", victim.name);
             docker(&["kill", &victim.id]).await?;
