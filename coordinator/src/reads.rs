@@ -7,7 +7,9 @@
 //! to be there; while phase 2 of round `D` is still under way and no counter has acknowledged it yet,
 //! the read waits for the first acknowledgement (bounded by the read timeout: past it, `503`). A
 //! counter that is slow to apply a round is simply not chosen until it has: the read is served by a
-//! faster replica and never waits for the slowest.
+//! faster replica. One wait remains: round `D`'s COMMITs go out only once round `D - 1`'s phase 2
+//! is over (see [`crate::txn`]), so when a counter times out on round `D - 1`'s COMMIT, a read that
+//! needs `D` waits for that timeout too (one call timeout, within the read timeout by default).
 //!
 //! **Why it is linearizable.** Let `D(t)` be the decided seq at time `t`; it only grows (also across a
 //! coordinator restart, which starts from the durable `committed_seq`). A counter applies commits in
@@ -103,9 +105,14 @@ impl Reader {
                     ),
                     Err(e) => format!("read failed: {e}"),
                 };
-                if self.registry.mark_lagging(&target.id, &why)? {
-                    let store = self.txn.store().clone();
-                    tokio::spawn(async move { store.durable().await });
+                match self.registry.mark_lagging(&target.id, &why) {
+                    Ok(true) => {
+                        let store = self.txn.store().clone();
+                        tokio::spawn(async move { store.durable().await });
+                    }
+                    Ok(false) => {}
+                    // The coordinator's own disk failed: the read still goes on to the next counter.
+                    Err(e) => tracing::warn!(error = %e, node = %target.id, "cannot mark lagging"),
                 }
             }
             // No in-sync counter has applied `required` yet: phase 2 is under way. Subscribe and look

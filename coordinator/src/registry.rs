@@ -256,9 +256,9 @@ impl Registry {
         self.lock().values().map(|m| m.durable).min()
     }
 
-    /// After recovery: every in-sync counter has applied every commit up to `committed`. A counter
-    /// that missed one was marked lagging durably before any client heard of it, and recovery has just
-    /// redone every unfinished phase 2. Not that they made them durable: a COMMIT is acknowledged
+    /// After recovery: every in-sync counter has applied every commit up to `committed`. Recovery has
+    /// just redone every unfinished phase 2, and a counter that missed the COMMIT of a finished
+    /// decision was marked lagging durably before that decision was marked finished. Not that they made them durable: a COMMIT is acknowledged
     /// before its flush, so what is durable is learned from the counters again.
     pub fn recovered(&self, committed: Seq) {
         for id in self.in_sync().into_iter().map(|t| t.id) {

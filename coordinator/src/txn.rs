@@ -288,6 +288,12 @@ impl TxnManager {
     }
 
     async fn run(&self, txid: TxId, items: Vec<Item>) -> Result<Decided, RoundError> {
+        // A store whose flush failed cannot log a decision: sending PREPAREs would only leave the
+        // counters holding records in doubt until the restart.
+        if let Some(failure) = self.store.failure() {
+            abort_cause("storage");
+            return Err(failure.error().into());
+        }
         // Phase 1.
         let participants = self.registry.in_sync();
         if participants.len() < self.min_replicas {

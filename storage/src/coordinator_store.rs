@@ -62,8 +62,6 @@ pub struct CoordinatorStore {
     decision_seqs: sled::Tree,
     registry: sled::Tree,
     flusher: Flusher,
-    /// The data directory.
-    dir: Arc<Path>,
     /// Decisions kept, maintained so that reading it scans nothing.
     kept: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -79,7 +77,6 @@ impl CoordinatorStore {
             unfinished: db.open_tree("unfinished")?,
             decision_seqs: db.open_tree("decision_seqs")?,
             registry: db.open_tree("registry")?,
-            dir: Arc::from(path),
             flusher: Flusher::spawn(db.clone(), "coordinator"),
             kept: Default::default(),
             db,
@@ -121,11 +118,6 @@ impl CoordinatorStore {
             .get(CLUSTER_ID)?
             .ok_or_else(|| Error::corrupt("meta", "no cluster id"))?;
         String::from_utf8(raw.to_vec()).map_err(|e| Error::corrupt("meta", e))
-    }
-
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Why this database takes no more writes, once a flush failed (see [`Flusher`]).

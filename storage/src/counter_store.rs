@@ -13,7 +13,7 @@
 //! Commits are applied strictly in seq order, so `last_applied` says exactly which committed
 //! transactions this replica holds: all of 1..=last_applied and nothing after them.
 //!
-//! The coordinator runs one 2PC round at a time with increasing txids. So once the transaction with
+//! The coordinator decides rounds one at a time, in increasing txid order. So once the transaction with
 //! txid `t` is applied, every prepared record with a smaller txid belongs to a round that is over and
 //! did not commit here in order: it was aborted, or committed and applied already. Applying therefore
 //! clears those records, which resolves in-doubt transactions of a replica that missed their outcome.
@@ -277,8 +277,9 @@ impl CounterStore {
     /// Phase 2, commit: applies prepared `txid` as commit number `seq`, in one sled transaction with
     /// its log entry, `last_applied` and the removal of the prepared record, so it applies exactly once.
     ///
-    /// Crash invariant: acknowledged only after [`Self::durable`]; if the process dies before, the
-    /// prepared record is still there and the commit is redone from the coordinator's decision.
+    /// Crash invariant: acknowledged before [`Self::durable`]; if the process dies before the next
+    /// flush, the prepared record (durable since the YES vote) is still there and the commit is redone
+    /// from the coordinator's decision, which is kept until this replica reports the seq durable.
     pub fn apply_commit(&self, txid: TxId, seq: Seq) -> Result<ApplyOutcome> {
         let (last, last_txid) = self.applied()?;
         if seq <= last {

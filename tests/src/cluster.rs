@@ -228,6 +228,22 @@ impl Cluster {
             .context("no count in the answer")
     }
 
+    /// Waits until counter `i` reports every commit up to `seq` durable (a COMMIT is flushed after its
+    /// acknowledgement, by the next flush), so that a kill loses none of them.
+    pub async fn wait_durable(&self, i: usize, seq: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let durable = self.counter_status(i).await?.durable;
+            if durable >= seq {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("counter {i} made {durable} of {seq} commits durable in {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every running counter in the write set has applied the committed seq; returns that
     /// seq (a counter that does not answer is taken as not running).
     /// A client is answered at the decision, so a round's COMMITs may still be on their way after its

@@ -41,6 +41,8 @@ async fn incremental_catch_up_sends_only_the_missed_commits() {
     let committed = c.applied_everywhere(Duration::from_secs(10)).await.unwrap();
     let applied_before = c.counter_status(0).await.unwrap().last_applied;
     assert_eq!(applied_before, committed);
+    // Flushed too: the kill below loses no commit, so the restarted counter misses exactly the M.
+    c.wait_durable(0, committed, CONVERGE).await.unwrap();
     c.counters[0].kill();
     api.write_acked(&h, "missed", M, 3).await;
     let committed = c.view().await.unwrap().committed_seq;

@@ -179,7 +179,9 @@ async fn counter_sync_crash(options: Options, backlog: usize, point: &str) -> (C
     let api = c.api_client();
     let h = Arc::new(History::new());
     api.write_acked(&h, "before", 5, 3).await;
-    let applied_before = c.view().await.unwrap().committed_seq;
+    // Applied and flushed: the kill loses none of them, so catch-up starts from here.
+    let applied_before = c.applied_everywhere(CONVERGE).await.unwrap();
+    c.wait_durable(0, applied_before, CONVERGE).await.unwrap();
 
     c.counters[0].kill();
     api.write_acked(&h, "backlog", backlog, 3).await;

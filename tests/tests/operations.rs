@@ -119,7 +119,15 @@ async fn metrics_show_live_figures_on_every_service() {
     }
     assert_eq!(c.count("m").await.unwrap(), 5);
 
-    let text = metrics(&c, &c.url()).await;
+    // A client is answered at the decision: the last round's phase 2, and its timing, may come after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(&c, &c.url()).await;
+    while sample(&text, "dc_phase_duration_seconds_count{phase=\"commit\"}") < 5.0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics(&c, &c.url()).await;
+    }
     assert!(sample(&text, "dc_rounds_total{outcome=\"committed\"}") >= 5.0);
     assert!(
         sample(
