@@ -227,6 +227,7 @@ impl TxnManager {
                 Err(e) => {
                     abort_cause("storage");
                     let e = RoundError::from(e);
+                    self.confirm_store_failure(&e).await;
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }
@@ -243,6 +244,7 @@ impl TxnManager {
             metrics::counter!("dc_rounds_total", "outcome" => outcome).increment(1);
             if let Err(e) = &result {
                 tracing::warn!(parent: &span, error = %e, requests, "round failed");
+                self.confirm_store_failure(e).await;
             }
             for reply in replies {
                 let _ = reply.send(result.as_ref().map(|d| d.seq).map_err(Clone::clone));
@@ -283,7 +285,27 @@ impl TxnManager {
             .await
         {
             Ok(()) => phase_done("commit", began),
-            Err(e) => tracing::warn!(error = %e, seq = round.seq, "phase 2 did not finish"),
+            Err(e) => {
+                tracing::warn!(error = %e, seq = round.seq, "phase 2 did not finish");
+                self.confirm_store_failure(&e).await;
+            }
+        }
+    }
+
+    /// sled keeps its log writer's first I/O error (a full disk) and returns it from every later
+    /// write and flush, so a write it refused can be the first sign that the store is dead, before
+    /// any flush of ours failed. A flush now makes the failure known (logged, published, the restart
+    /// begun) before the client hears and before the next round would send PREPAREs, instead of at
+    /// the flusher's next idle check. A flush that succeeds costs one sync on an error path.
+    async fn confirm_store_failure(&self, e: &RoundError) {
+        let maybe_store = matches!(
+            e,
+            RoundError::Storage(_)
+                | RoundError::InsufficientStorage(_)
+                | RoundError::OutcomeUnknown(_)
+        );
+        if maybe_store && self.store.failure().is_none() {
+            let _ = self.store.durable().await;
         }
     }
 
