@@ -419,8 +419,12 @@ struct DiskFull {
     container: Container,
 }
 
-/// Room the tmpfs has beyond the slot's data: enough for a restart's probe (4 MiB) and some writes.
-const DISK_HEADROOM: u64 = 32 << 20;
+/// Room the tmpfs has beyond the slot's data: a restart's probe (4 MiB), and what the replica grows by
+/// during the drill, catch-up included, with sled's own overhead. A replica that lagged for most of
+/// a drill and then caught up on thousands of rounds outgrew 32 MiB, and its disk was then full with
+/// no fault applied, so it never came back (a genuinely full disk stays a failure: the drill must
+/// not make one by accident). The tmpfs takes memory only for what is written, filler included.
+const DISK_HEADROOM: u64 = 256 << 20;
 /// What a fill leaves free: nothing (sled still writes into the log segments it has, until it needs
 /// a new one).
 const DISK_LEFT: u64 = 0;
