@@ -77,7 +77,7 @@ impl CoordinatorStore {
             unfinished: db.open_tree("unfinished")?,
             decision_seqs: db.open_tree("decision_seqs")?,
             registry: db.open_tree("registry")?,
-            flusher: Flusher::spawn(db.clone(), "coordinator"),
+            flusher: Flusher::spawn(db.clone(), "coordinator").map_err(sled::Error::from)?,
             kept: Default::default(),
             db,
         };

@@ -101,7 +101,7 @@ impl CounterStore {
             counts: db.open_tree("counts")?,
             log: db.open_tree("log")?,
             dir: Arc::from(path),
-            flusher: Flusher::spawn(db.clone(), "counter"),
+            flusher: Flusher::spawn(db.clone(), "counter").map_err(sled::Error::from)?,
             db,
             log_retention,
             durable_applied: Arc::default(),

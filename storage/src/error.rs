@@ -32,7 +32,7 @@ pub enum Error {
     /// reopened, and nothing written since the last successful flush is durable (`flusher`).
     #[error("{}: {reason}", if *disk_full { "no space left on the data disk" } else { "the database cannot write to disk" })]
     Unwritable { reason: String, disk_full: bool },
-    /// The flusher task is gone (the process is shutting down).
+    /// The flusher's state is gone (the process is shutting down).
     #[error("flusher stopped")]
     FlusherStopped,
 }

@@ -6,7 +6,7 @@
 //! method whose doc comment names its crash invariant.
 //!
 //! sled writes are **not** durable until a flush returns. Callers never flush directly: each store owns
-//! one [`Flusher`] task that flushes once for every writer waiting since the previous flush (group commit),
+//! one [`Flusher`] thread that flushes once for every writer waiting since the previous flush (group commit),
 //! which also keeps sled away from sled 0.34's hang under many concurrent `flush_async` calls.
 //! A flush uses `sync_file_range`, so it survives a process or container kill, not a power loss.
 //!

@@ -17,35 +17,19 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Opens a stopped service's data on a runtime of its own, reads it with `read`, and closes it again:
-/// dropping that runtime stops the store's flusher task, which releases the data directory's lock.
-pub fn inspect<S, T: Send + 'static>(
-    open: impl Fn() -> storage::Result<S> + Send + 'static,
-    read: impl FnOnce(&S) -> T + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let store = runtime.block_on(async {
-            loop {
-                match open() {
-                    Ok(store) => return store,
-                    // The lock of the process that just exited may take a moment to go.
-                    Err(storage::Error::Locked(_)) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("cannot open the data: {e}"),
-                }
+/// Opens a stopped service's data, reads it with `read`, and closes it again: dropping the store
+/// ends its flusher thread, which releases the data directory's lock.
+pub fn inspect<S, T>(open: impl Fn() -> storage::Result<S>, read: impl FnOnce(&S) -> T) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match open() {
+            Ok(store) => break store,
+            // The lock of the process that just exited may take a moment to go.
+            Err(storage::Error::Locked(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
             }
-        });
-        let out = read(&store);
-        drop(store);
-        drop(runtime);
-        out
-    })
-    .join()
-    .unwrap()
+            Err(e) => panic!("cannot open the data: {e}"),
+        }
+    };
+    read(&store)
 }

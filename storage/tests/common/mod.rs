@@ -13,8 +13,7 @@ pub fn item(tenant: &str, id: &str) -> Item {
     }
 }
 
-/// A runtime of its own, for tests that reopen a store: a store's flusher task keeps its database
-/// (and sled's file lock) until the runtime that runs it is dropped.
+/// A runtime for the async calls (`durable`) of tests that open, drop and reopen a store in turn.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -23,8 +22,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Opens a store that this process had open a moment ago: sled's I/O threads can keep the file (and
-/// its lock) for a moment after the last handle is dropped, which reads as `Error::Locked`.
+/// Opens a store that this process had open a moment ago: sled's I/O threads and the store's flusher
+/// thread can keep the file (and its lock) for a moment after the last handle is dropped, which reads
+/// as `Error::Locked`.
 pub fn reopen<T>(mut open: impl FnMut() -> storage::Result<T>) -> storage::Result<T> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
