@@ -21,7 +21,10 @@ enum Command {
     },
 }
 
-#[tokio::main]
+// One runtime thread: a counter's request handlers do microseconds of work each (larger sled batches
+// go to the blocking pool, the disk syncs to the flusher thread), and on a multi-threaded runtime the
+// wake-ups of idle workers cost more CPU than that work (BENCHMARKS.md, "Fewer thread switches").
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     // Before anything else: see `shutdown_signal`.
     let shutdown = service::observe::shutdown_signal();

@@ -256,6 +256,11 @@ impl CounterStore {
         Ok(PrepareOutcome::Recorded)
     }
 
+    /// The size in bytes of the prepared record of `txid`, if there is one: what applying it costs.
+    pub fn prepared_bytes(&self, txid: TxId) -> Result<Option<usize>> {
+        Ok(self.prepared.get(u64_key(txid))?.map(|raw| raw.len()))
+    }
+
     /// Transactions prepared here whose outcome this replica has not learned (in doubt after a restart).
     pub fn prepared_txids(&self) -> Result<Vec<TxId>> {
         self.prepared
