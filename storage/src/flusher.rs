@@ -31,9 +31,8 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Flusher {
-    inner: Arc<Inner>,
-    /// Dropped with the last handle: tells the thread to end.
-    _handles: Arc<Handles>,
+    /// Dropped with the last handle, which ends the thread.
+    handles: Arc<Handles>,
 }
 
 struct Inner {
@@ -141,21 +140,24 @@ impl Flusher {
             .name(format!("{name} flusher"))
             .spawn(move || run(&task, &db, name))?;
         Ok(Flusher {
-            _handles: Arc::new(Handles {
-                inner: inner.clone(),
+            handles: Arc::new(Handles {
+                inner,
                 thread: Some(thread),
             }),
-            inner,
         })
+    }
+
+    fn inner(&self) -> &Inner {
+        &self.handles.inner
     }
 
     /// Returns once every write this caller made before calling is on disk; fails at once if the
     /// database failed (see the module docs).
     pub async fn durable(&self) -> Result<()> {
-        let mine = self.inner.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut state = self.inner.state.subscribe();
-        self.inner.lock_wake().pending = true;
-        self.inner.woken.notify_one();
+        let mine = self.inner().requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut state = self.inner().state.subscribe();
+        self.inner().lock_wake().pending = true;
+        self.inner().woken.notify_one();
         let state = state
             .wait_for(|s| s.flushed >= mine || s.failed.is_some())
             .await
@@ -168,12 +170,12 @@ impl Flusher {
 
     /// Why the database takes no more writes, if a flush failed.
     pub fn failure(&self) -> Option<Failure> {
-        self.inner.state.borrow().failed.clone()
+        self.inner().state.borrow().failed.clone()
     }
 
     /// Resolves when a flush fails, with the failure.
     pub async fn failed(&self) -> Failure {
-        let mut state = self.inner.state.subscribe();
+        let mut state = self.inner().state.subscribe();
         loop {
             if let Some(failure) = state.borrow_and_update().failed.clone() {
                 return failure;
