@@ -115,9 +115,11 @@ impl Registrar {
                     registered = false;
                 }
             }
-            // Retry sooner while the coordinator is unreachable, and ask again soon while catching
-            // up, so readiness follows the end of the catch-up closely.
-            let wait = if registered && self.participant.ready() {
+            // Retry sooner while the coordinator is unreachable, ask again soon while catching up,
+            // so readiness follows the end of the catch-up closely, and while stopping, so that the
+            // in-doubt records the stop waits for are resolved before its timeout, not one full
+            // interval later.
+            let wait = if registered && self.participant.ready() && !self.participant.stopping() {
                 self.interval
             } else {
                 self.interval.min(Duration::from_millis(500))
